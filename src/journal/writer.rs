@@ -1,0 +1,703 @@
+//! The journal writer: appends into a block-aligned batch buffer, and one
+//! group-commit write in flight at a time through the shard's ring.
+//!
+//! ```text
+//!            append / append_raw                  submit()                    complete()
+//!  records ─────────────────────▶ filling batch ──────────▶ in-flight batch ──────────▶ durable
+//!                                 (buffer A)    swap A/B    (buffer B, kernel)  frees B
+//! ```
+//! A batch buffer maps a contiguous stretch of the logical log starting at a
+//! block boundary `base`. Its first `head` bytes are the *carry*: the already
+//! durable part of the block the previous batch ended in, written again so
+//! that `O_DIRECT` writes stay whole blocks. Rewriting them is safe: the bytes
+//! are identical, so a torn rewrite leaves them intact.
+//!
+//! Only one batch is in flight, which is what lets recovery bound the damage
+//! of a crash to the last batch (see `recovery`).
+
+use super::JournalError;
+use super::epochs::{EpochLog, EpochViolation};
+use super::options::{Durability, FaultOp, JournalOptions};
+use super::record::{self, HEADER_BYTES, RecordKind};
+use super::recovery::{self, Scan, TornTail};
+use super::segments::SegmentDir;
+use crate::constants::BLOCK_BYTES;
+use crate::ids::{Epoch, Offset};
+use crate::io::{AlignedBuf, Completion, Owner, Ring, Token};
+use io_uring::{opcode, squeue, types};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a completion changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalEvent {
+    /// Every byte below this offset is durable.
+    Durable(Offset),
+    /// The in-flight batch failed: the journal is poisoned for good.
+    Poisoned(Arc<str>),
+}
+
+/// What recovery did when the journal was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub start: Offset,
+    pub end: Offset,
+    pub records: u64,
+    pub segments: usize,
+    pub torn: Option<TornTail>,
+}
+
+/// The filling batch: a buffer mapping `[base, base + len)` of the log.
+#[derive(Debug)]
+struct Batch {
+    buf: AlignedBuf,
+    base: Offset,
+    /// Carry bytes at the front (already durable).
+    head: usize,
+    /// Bytes used, carry included.
+    len: usize,
+    /// When the first new byte was appended, for the linger timer.
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn start(&self) -> Offset {
+        self.base + self.head as u64
+    }
+
+    fn new_bytes(&self) -> usize {
+        self.len - self.head
+    }
+
+    /// Reserves `len` bytes at the end and returns them.
+    fn reserve(&mut self, len: usize) -> &mut [u8] {
+        let at = self.len;
+        self.len += len;
+        assert!(self.len <= self.buf.len(), "batch buffer overflow");
+        &mut self.buf[at..self.len]
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    op: FaultOp,
+    expect: i32,
+    segment: usize,
+    file_pos: u64,
+}
+
+/// The batch the kernel is writing.
+#[derive(Debug)]
+struct InFlight {
+    buf: AlignedBuf,
+    end: Offset,
+    seq: u64,
+    parts: [Option<Part>; 4],
+    pending: usize,
+    failure: Option<String>,
+}
+
+/// One shard's journal. Not thread-safe by design: it lives on its shard
+/// thread and is driven by that thread's ring.
+#[derive(Debug)]
+pub struct Journal {
+    options: JournalOptions,
+    durability: Durability,
+    files: SegmentDir,
+    epochs: EpochLog,
+    start: Offset,
+    end: Offset,
+    durable: Offset,
+    filling: Batch,
+    in_flight: Option<InFlight>,
+    free: Option<AlignedBuf>,
+    seq: u64,
+    poison: Option<Arc<str>>,
+    report: RecoveryReport,
+}
+
+/// Capacity of a batch buffer: the carry block, the cap, and one more cap for
+/// a record that overflows it plus the segment padding before that record.
+fn batch_capacity(options: &JournalOptions) -> usize {
+    2 * options.batch_bytes_max + 2 * BLOCK_BYTES
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` and recovers it: a torn tail
+    /// is cut and erased, corruption before the tail refuses to open.
+    pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
+        options.validate()?;
+        let direct = options.durability == Durability::DirectDsync;
+        let mut files =
+            SegmentDir::open(dir, direct, options.segment_bytes, options.spare_segments)?;
+        let durability = if files.is_direct() {
+            options.durability
+        } else {
+            Durability::WriteFdatasync
+        };
+        if files.is_empty() {
+            files.create_first(Offset::ZERO)?;
+        }
+        let scan: Scan = recovery::scan(&files.files())?;
+        if let Some(torn) = &scan.torn {
+            tracing::warn!(
+                dir = %dir.display(), at = torn.at.get(), reason = %torn.reason,
+                "journal tail was torn by a crash; cut at the last whole record"
+            );
+            files.erase(torn.at, torn.erase_to)?;
+        }
+        if scan.end_segment + 1 < files.len() {
+            files.delete_after(scan.end_segment)?;
+            files.sync_dir()?;
+        }
+        files.request_spares();
+        let report = RecoveryReport {
+            start: scan.start,
+            end: scan.end,
+            records: scan.records,
+            segments: files.len(),
+            torn: scan.torn.clone(),
+        };
+        let capacity = batch_capacity(&options);
+        let mut journal = Journal {
+            durability,
+            files,
+            epochs: scan.epochs,
+            start: scan.start,
+            end: scan.end,
+            durable: scan.end,
+            filling: Batch {
+                buf: AlignedBuf::zeroed(capacity),
+                base: Offset::ZERO,
+                head: 0,
+                len: 0,
+                since: None,
+            },
+            in_flight: None,
+            free: Some(AlignedBuf::zeroed(capacity)),
+            seq: 0,
+            poison: None,
+            report,
+            options,
+        };
+        journal.reload_carry()?;
+        Ok(journal)
+    }
+
+    /// Points the filling batch at the block holding `end`, reading the
+    /// durable bytes of that block back from disk.
+    fn reload_carry(&mut self) -> Result<(), JournalError> {
+        let base = Offset(self.end.get() / BLOCK_BYTES as u64 * BLOCK_BYTES as u64);
+        let head = (self.end - base) as usize;
+        let mut buf = std::mem::replace(&mut self.filling.buf, AlignedBuf::zeroed(BLOCK_BYTES));
+        if head > 0 {
+            let read = self.read_raw(base, &mut buf[..head])?;
+            assert_eq!(read, head, "carry bytes are durable");
+        }
+        self.filling = Batch {
+            buf,
+            base,
+            head,
+            len: head,
+            since: None,
+        };
+        Ok(())
+    }
+
+    /// The directory this journal lives in.
+    pub fn dir(&self) -> &Path {
+        self.files.dir()
+    }
+
+    /// How batches are actually made durable (after any fallback).
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// What recovery found and did at open.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// First offset still retained.
+    pub fn start_offset(&self) -> Offset {
+        self.start
+    }
+
+    /// End of everything appended (durable or not).
+    pub fn end_offset(&self) -> Offset {
+        self.end
+    }
+
+    /// Every byte below this offset is durable.
+    pub fn durable_offset(&self) -> Offset {
+        self.durable
+    }
+
+    /// The epoch of the newest record.
+    pub fn epoch(&self) -> Epoch {
+        self.epochs.current()
+    }
+
+    /// Where each epoch still in the log started, oldest first.
+    pub fn epoch_starts(&self) -> &[(Epoch, Offset)] {
+        self.epochs.starts()
+    }
+
+    /// Number of segment files the journal holds.
+    pub fn segment_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether a batch write is with the kernel.
+    pub fn flush_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The cause, once a storage failure has poisoned the journal.
+    pub fn poisoned(&self) -> Option<&Arc<str>> {
+        self.poison.as_ref()
+    }
+
+    /// Blocks until the background zero-filler has made every requested spare.
+    pub fn wait_for_spares(&mut self) {
+        self.files.wait_for_spares();
+    }
+
+    fn check_poison(&self) -> Result<(), JournalError> {
+        match &self.poison {
+            Some(cause) => Err(JournalError::Poisoned(cause.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn epoch_error(violation: EpochViolation) -> JournalError {
+        match violation {
+            EpochViolation::Regression { got, current } => JournalError::EpochRegression {
+                got: got.get(),
+                current: current.get(),
+            },
+            EpochViolation::NotStarted { got, current } => JournalError::EpochNotStarted {
+                got: got.get(),
+                current: current.get(),
+            },
+        }
+    }
+
+    fn tail_end(&self) -> Offset {
+        self.files.last().file.end()
+    }
+
+    /// Appends one record and returns its offset. The record is durable once
+    /// `durable_offset()` passes it. Copies the payload once, allocates
+    /// nothing. `Err(Full)` means: drive the ring until the in-flight flush
+    /// completes, then retry.
+    pub fn append(
+        &mut self,
+        kind: RecordKind,
+        epoch: Epoch,
+        payload: &[u8],
+    ) -> Result<Offset, JournalError> {
+        self.check_poison()?;
+        assert!(kind != RecordKind::Padding, "padding is the journal's own");
+        let record_bytes = HEADER_BYTES + payload.len();
+        if record_bytes > self.options.batch_bytes_max {
+            return Err(JournalError::RecordTooLarge {
+                len: record_bytes,
+                max: self.options.batch_bytes_max,
+            });
+        }
+        self.epochs.check(kind, epoch).map_err(Self::epoch_error)?;
+        let remaining = self.tail_end() - self.end;
+        let pad = if record_bytes as u64 > remaining {
+            remaining
+        } else {
+            0
+        };
+        self.ensure_room(pad as usize + record_bytes)?;
+        if record_bytes as u64 > remaining {
+            self.pad_segment()?;
+        }
+        let offset = self.end;
+        let batch_back = self.batch_back(offset);
+        let dst = self.filling.reserve(record_bytes);
+        record::encode(dst, kind, batch_back, offset, epoch, payload);
+        self.end = offset + record_bytes as u64;
+        self.epochs.record(kind, epoch, offset);
+        Ok(offset)
+    }
+
+    fn batch_back(&self, offset: Offset) -> u32 {
+        u32::try_from(offset - self.filling.start()).expect("batch fits u32")
+    }
+
+    /// Refuses with `Full` unless the filling batch can take `need` more bytes.
+    /// An empty batch always takes one record (and its padding).
+    fn ensure_room(&mut self, need: usize) -> Result<(), JournalError> {
+        let used = self.filling.new_bytes();
+        if used > 0 && used + need > self.options.batch_bytes_max {
+            return Err(JournalError::Full);
+        }
+        if self.filling.since.is_none() {
+            self.filling.since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Fills the rest of the tail segment (a padding record, or zeros when
+    /// less than a header remains) and rolls to a new segment.
+    fn pad_segment(&mut self) -> Result<(), JournalError> {
+        let seg_end = self.tail_end();
+        // Roll first: it can fail, and nothing must change if it does.
+        self.files.roll(seg_end)?;
+        let remaining = (seg_end - self.end) as usize;
+        let offset = self.end;
+        let batch_back = self.batch_back(offset);
+        let epoch = self.epochs.current();
+        let dst = self.filling.reserve(remaining);
+        if remaining >= HEADER_BYTES {
+            record::encode_padding(dst, batch_back, offset, epoch);
+        } else {
+            dst.fill(0);
+        }
+        self.end = seg_end;
+        Ok(())
+    }
+
+    /// Appends bytes received from a peer at `at` (which must be this
+    /// journal's end): a whole number of records laid out for the same
+    /// segment size, each verified (CRC, own offset, epoch rules) before any
+    /// byte is accepted. All or nothing.
+    pub fn append_raw(&mut self, at: Offset, bytes: &[u8]) -> Result<(), JournalError> {
+        self.check_poison()?;
+        if at != self.end {
+            return Err(JournalError::OffsetMismatch {
+                got: at.get(),
+                end: self.end.get(),
+            });
+        }
+        let epochs = self.verify_raw(at, bytes)?;
+        let used = self.filling.new_bytes();
+        let capacity = batch_capacity(&self.options) - BLOCK_BYTES;
+        if bytes.len() > capacity {
+            return Err(JournalError::InvalidRaw {
+                offset: at.get(),
+                reason: format!("{} bytes exceed one batch ({capacity})", bytes.len()),
+            });
+        }
+        if used > 0 && used + bytes.len() > self.options.batch_bytes_max {
+            return Err(JournalError::Full);
+        }
+        self.ensure_room(0)?;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            if self.end == self.tail_end() {
+                self.files.roll(self.end)?;
+            }
+            let n = (bytes.len() - pos).min((self.tail_end() - self.end) as usize);
+            self.filling
+                .reserve(n)
+                .copy_from_slice(&bytes[pos..pos + n]);
+            self.end = self.end + n as u64;
+            pos += n;
+        }
+        self.epochs = epochs;
+        Ok(())
+    }
+
+    /// Checks raw bytes against this journal's layout and epoch rules and
+    /// returns the epoch history they lead to.
+    fn verify_raw(&self, at: Offset, bytes: &[u8]) -> Result<EpochLog, JournalError> {
+        let mut epochs = self.epochs.clone();
+        let mut seg_end = self.tail_end();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let offset = at + pos as u64;
+            let invalid = |reason: String| JournalError::InvalidRaw {
+                offset: offset.get(),
+                reason,
+            };
+            if offset == seg_end {
+                seg_end = seg_end + self.options.segment_bytes;
+            }
+            let remaining = (seg_end - offset) as usize;
+            let rest = &bytes[pos..];
+            if remaining < HEADER_BYTES {
+                if rest.len() < remaining || rest[..remaining].iter().any(|&b| b != 0) {
+                    return Err(invalid("segment tail must be zeros".into()));
+                }
+                pos += remaining;
+                continue;
+            }
+            let payload_max = (remaining - HEADER_BYTES) as u32;
+            let header =
+                record::check(rest, offset, payload_max).map_err(|e| invalid(e.to_string()))?;
+            if header.kind == RecordKind::Padding && header.record_bytes() != remaining {
+                return Err(invalid(
+                    "padding does not end at this journal's segment end".into(),
+                ));
+            }
+            epochs
+                .accept(&header)
+                .map_err(|violation| invalid(violation.to_string()))?;
+            pos += header.record_bytes();
+        }
+        Ok(epochs)
+    }
+
+    /// When the filling batch's linger expires, if it is waiting on one.
+    pub fn flush_deadline(&self) -> Option<Instant> {
+        if self.in_flight.is_some() || self.poison.is_some() {
+            return None;
+        }
+        self.filling
+            .since
+            .map(|since| since + self.options.flush_linger)
+    }
+
+    /// Starts the flush of the filling batch if none is in flight and the
+    /// batch is due (linger elapsed or cap reached). Pushes one write (plus
+    /// an fdatasync in that mode) per segment the batch touches, then one
+    /// submit. Returns whether a flush started.
+    pub fn submit(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
+        let due = self.filling.new_bytes() >= self.options.batch_bytes_max
+            || self
+                .flush_deadline()
+                .is_some_and(|deadline| now >= deadline);
+        if !due {
+            return Ok(false);
+        }
+        self.submit_now(ring)
+    }
+
+    fn submit_now(&mut self, ring: &mut Ring) -> Result<bool, JournalError> {
+        self.check_poison()?;
+        if self.in_flight.is_some() || self.filling.new_bytes() == 0 {
+            return Ok(false);
+        }
+        let direct = self.durability == Durability::DirectDsync;
+        let batch = &mut self.filling;
+        let (from, to) = if direct {
+            let padded = batch.len.next_multiple_of(BLOCK_BYTES);
+            batch.buf[batch.len..padded].fill(0);
+            (batch.base, batch.base + padded as u64)
+        } else {
+            (batch.start(), batch.base + batch.len as u64)
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let mut parts = [None; 4];
+        let mut count = 0;
+        let first = self
+            .files
+            .index_of(from)
+            .expect("batch starts in a segment");
+        for index in first..self.files.len() {
+            let file = &self.files.get(index).file;
+            let lo = from.max(file.start);
+            let hi = to.min(file.end());
+            if lo >= hi {
+                break;
+            }
+            let fd = types::Fd(self.files.get(index).write.as_raw_fd());
+            let ptr = self.filling.buf[(lo - self.filling.base) as usize..].as_ptr();
+            let len = (hi - lo) as u32;
+            let file_pos = lo - file.start;
+            let mut write = opcode::Write::new(fd, ptr, len).offset(file_pos);
+            if direct {
+                write = write.rw_flags(libc::RWF_DSYNC);
+            }
+            let mut entry = write
+                .build()
+                .user_data(Token::new(Owner::Journal, seq << 2 | count as u64).0);
+            parts[count] = Some(Part {
+                op: FaultOp::Write,
+                expect: len as i32,
+                segment: index,
+                file_pos,
+            });
+            count += 1;
+            if !direct {
+                entry = entry.flags(squeue::Flags::IO_LINK);
+            }
+            // SAFETY: the buffer moves into `in_flight` below and is neither
+            // touched nor freed until every completion of this batch is reaped;
+            // the segment's fd stays open at least as long (segments in a
+            // batch are never removed while it is in flight).
+            unsafe { ring.push(&entry) }.map_err(JournalError::io("submit", self.files.dir()))?;
+            if !direct {
+                let sync = opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(Token::new(Owner::Journal, seq << 2 | count as u64).0);
+                parts[count] = Some(Part {
+                    op: FaultOp::Flush,
+                    expect: 0,
+                    segment: index,
+                    file_pos,
+                });
+                count += 1;
+                // SAFETY: an fsync references only the fd, kept open as above.
+                unsafe { ring.push(&sync) }
+                    .map_err(JournalError::io("submit", self.files.dir()))?;
+            }
+        }
+        ring.submit()
+            .map_err(JournalError::io("submit", self.files.dir()))?;
+
+        // The next batch starts in the block this one ends in; copy that
+        // block's bytes (the carry) so the next write stays block-aligned.
+        let next_buf = self.free.take().expect("two batch buffers");
+        let end = self.end;
+        let base = Offset(end.get() / BLOCK_BYTES as u64 * BLOCK_BYTES as u64);
+        let head = (end - base) as usize;
+        let old = std::mem::replace(
+            &mut self.filling,
+            Batch {
+                buf: next_buf,
+                base,
+                head,
+                len: head,
+                since: None,
+            },
+        );
+        let carry_at = (base - old.base) as usize;
+        self.filling.buf[..head].copy_from_slice(&old.buf[carry_at..carry_at + head]);
+        self.in_flight = Some(InFlight {
+            buf: old.buf,
+            end,
+            seq,
+            parts,
+            pending: count,
+            failure: None,
+        });
+        Ok(true)
+    }
+
+    /// Takes a journal completion from the ring. Returns what changed once
+    /// the whole batch has completed.
+    pub fn complete(&mut self, completion: Completion) -> Option<JournalEvent> {
+        assert_eq!(completion.token.owner(), Some(Owner::Journal));
+        let id = completion.token.id();
+        let in_flight = self
+            .in_flight
+            .as_mut()
+            .expect("a journal completion needs a batch in flight");
+        assert_eq!(id >> 2, in_flight.seq, "completion of an unknown batch");
+        let part = in_flight.parts[(id & 3) as usize].expect("known part");
+        let result = match &self.options.faults {
+            Some(faults) => faults.filter(part.op, completion.result),
+            None => completion.result,
+        };
+        if result != part.expect && in_flight.failure.is_none() {
+            let path: &PathBuf = &self.files.get(part.segment).file.path;
+            let what = match part.op {
+                FaultOp::Write => "write",
+                FaultOp::Flush => "fdatasync",
+            };
+            let detail = if result < 0 {
+                std::io::Error::from_raw_os_error(-result).to_string()
+            } else {
+                format!("short write of {result} of {} bytes", part.expect)
+            };
+            in_flight.failure = Some(format!(
+                "{what} of {} at position {} failed: {detail}",
+                path.display(),
+                part.file_pos
+            ));
+        }
+        in_flight.pending -= 1;
+        if in_flight.pending > 0 {
+            return None;
+        }
+        let done = self.in_flight.take().expect("in flight");
+        self.free = Some(done.buf);
+        match done.failure {
+            Some(failure) => {
+                // Never retried: after a failed fsync the page cache may have
+                // dropped the data, so a later "successful" flush would lie.
+                let cause: Arc<str> = Arc::from(failure);
+                tracing::error!(dir = %self.files.dir().display(), cause = %cause, "journal poisoned");
+                self.poison = Some(cause.clone());
+                Some(JournalEvent::Poisoned(cause))
+            }
+            None => {
+                self.durable = done.end;
+                Some(JournalEvent::Durable(done.end))
+            }
+        }
+    }
+
+    /// Drives `ring` until every appended byte is durable (ignoring the
+    /// linger). For tests, tools, shutdown and anything off the hot path.
+    pub fn sync(&mut self, ring: &mut Ring) -> Result<Offset, JournalError> {
+        let mut completions = Vec::new();
+        loop {
+            self.check_poison()?;
+            if self.durable == self.end && self.in_flight.is_none() {
+                return Ok(self.durable);
+            }
+            self.submit_now(ring)?;
+            ring.submit_and_wait(1)
+                .map_err(JournalError::io("wait", self.files.dir()))?;
+            completions.clear();
+            ring.reap(&mut completions);
+            for completion in completions.drain(..) {
+                self.complete(completion);
+            }
+        }
+    }
+
+    /// Cuts the log back to `to` (a record boundary), for a replica whose
+    /// history diverged. Later segments are deleted and the rest of the
+    /// segment holding `to` is erased, so no cut record can resurface.
+    pub fn truncate(&mut self, to: Offset) -> Result<(), JournalError> {
+        self.check_poison()?;
+        if self.in_flight.is_some() || self.durable != self.end {
+            return Err(JournalError::Busy);
+        }
+        if to < self.start || to > self.end {
+            return Err(JournalError::OutOfRange {
+                offset: to.get(),
+                start: self.start.get(),
+                end: self.end.get(),
+            });
+        }
+        if to == self.end {
+            return Ok(());
+        }
+        self.check_boundary(to)?;
+        let index = self.files.index_of(to).expect("offset inside the log");
+        let erase_to = self.end.min(self.files.get(index).file.end());
+        self.files.delete_after(index)?;
+        self.files.erase(to, erase_to)?;
+        self.files.sync_dir()?;
+        self.epochs.truncate(to);
+        self.end = to;
+        self.durable = to;
+        self.reload_carry()
+    }
+
+    /// Releases whole segments that end at or below `offset` (everything in
+    /// them is settled). The segment holding the end is always kept.
+    /// Released segments are recycled as spares or deleted.
+    pub fn release_below(&mut self, offset: Offset) -> Result<(), JournalError> {
+        let limit = offset.min(self.durable);
+        let mut released = false;
+        while self.files.len() > 1 && self.files.first().file.end() <= limit {
+            self.files.release_first()?;
+            released = true;
+        }
+        if released {
+            self.files.sync_dir()?;
+            self.start = self.files.first().file.start;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn segments(&self) -> &SegmentDir {
+        &self.files
+    }
+}

@@ -1,0 +1,341 @@
+//! The journal API the broker and replication build on: append and learn
+//! durability, read records and raw ranges, raw append from a peer, truncate,
+//! release, epochs, reopen.
+
+mod support;
+
+use support::*;
+use twinmq::ids::{Epoch, Offset};
+use twinmq::journal::{Durability, Journal, JournalError, JournalEvent, RecordKind};
+
+const MODES: [Durability; 2] = [Durability::DirectDsync, Durability::WriteFdatasync];
+
+#[test]
+fn appended_records_become_durable_and_read_back_across_segments() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(mode);
+        let mut ring = ring();
+        let mut journal = open(dir.path(), &options);
+        assert_eq!(journal.durability(), mode);
+        journal
+            .append(RecordKind::EpochStart, Epoch(1), b"")
+            .unwrap();
+        let mut expected = vec![(RecordKind::EpochStart, 1, vec![])];
+        for i in 0..300 {
+            let body = payload(i, (i * 37) % 3000);
+            let offset = append(&mut journal, &mut ring, 1, &body);
+            assert!(
+                offset >= journal.durable_offset(),
+                "not durable before a flush"
+            );
+            expected.push((RecordKind::Opaque, 1, body));
+        }
+        let durable = journal.sync(&mut ring).unwrap();
+        assert_eq!(durable, journal.end_offset());
+        assert!(journal.segment_count() > 3, "test must cross segments");
+        assert_eq!(read_all(&journal), expected);
+        drop(journal);
+
+        let journal = open(dir.path(), &options);
+        assert_eq!(journal.end_offset(), durable);
+        assert_eq!(journal.recovery_report().torn, None);
+        assert_eq!(journal.epoch(), Epoch(1));
+        assert_eq!(read_all(&journal), expected);
+    }
+}
+
+#[test]
+fn completion_events_report_durable_offsets_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = ring();
+    let mut journal = open(dir.path(), &small_options(Durability::DirectDsync));
+    journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    let end = journal.end_offset();
+    assert!(
+        journal
+            .submit(std::time::Instant::now(), &mut ring)
+            .unwrap()
+    );
+    assert!(journal.flush_in_flight());
+    // A second batch accumulates while the first is in flight.
+    let second = journal.append(RecordKind::Opaque, Epoch(1), b"x").unwrap();
+    assert!(
+        !journal
+            .submit(std::time::Instant::now(), &mut ring)
+            .unwrap()
+    );
+    ring.submit_and_wait(1).unwrap();
+    let mut completions = Vec::new();
+    ring.reap(&mut completions);
+    let events: Vec<_> = completions
+        .into_iter()
+        .filter_map(|c| journal.complete(c))
+        .collect();
+    assert_eq!(events, vec![JournalEvent::Durable(end)]);
+    assert!(journal.durable_offset() <= second);
+    journal.sync(&mut ring).unwrap();
+    assert_eq!(journal.durable_offset(), journal.end_offset());
+}
+
+#[test]
+fn raw_copy_to_a_peer_journal_is_byte_identical() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let mut ring = ring();
+    let mut source = open(source_dir.path(), &options);
+    let mut peer = open(peer_dir.path(), &options);
+    source
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    for i in 0..200 {
+        append(&mut source, &mut ring, 1, &payload(i, 700 + i * 13));
+    }
+    source.sync(&mut ring).unwrap();
+
+    // Ship the log in uneven chunks cut at record boundaries, as a
+    // replication stream would.
+    let mut reader = twinmq::journal::RecordReader::new(Offset::ZERO);
+    let mut cut = vec![Offset::ZERO];
+    while let Some(record) = reader.next_record(&source).unwrap() {
+        let end = record.header.end();
+        if end - *cut.last().unwrap() > 9000 {
+            cut.push(end);
+        }
+    }
+    cut.push(source.durable_offset());
+    for pair in cut.windows(2) {
+        let mut bytes = vec![0; (pair[1] - pair[0]) as usize];
+        assert_eq!(source.read_raw(pair[0], &mut bytes).unwrap(), bytes.len());
+        loop {
+            match peer.append_raw(pair[0], &bytes) {
+                Ok(()) => break,
+                Err(JournalError::Full) => {
+                    peer.sync(&mut ring).unwrap();
+                }
+                Err(other) => panic!("append_raw: {other}"),
+            }
+        }
+    }
+    peer.sync(&mut ring).unwrap();
+    assert_eq!(peer.end_offset(), source.end_offset());
+    assert_eq!(read_all(&peer), read_all(&source));
+    drop((source, peer));
+    assert_eq!(
+        segment_bytes(peer_dir.path()),
+        segment_bytes(source_dir.path())
+    );
+}
+
+#[test]
+fn raw_append_rejects_gaps_bad_checksums_and_older_epochs() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let mut ring = ring();
+    let mut source = open(source_dir.path(), &options);
+    source
+        .append(RecordKind::EpochStart, Epoch(5), b"")
+        .unwrap();
+    let second = source
+        .append(RecordKind::Opaque, Epoch(5), b"hello")
+        .unwrap();
+    source.sync(&mut ring).unwrap();
+    let mut bytes = vec![0; source.durable_offset().get() as usize];
+    source.read_raw(Offset::ZERO, &mut bytes).unwrap();
+
+    let mut peer = open(peer_dir.path(), &options);
+    // A gap: the peer is empty, the bytes start later.
+    let at = second.get() as usize;
+    assert!(matches!(
+        peer.append_raw(second, &bytes[at..]),
+        Err(JournalError::OffsetMismatch { got, end: 0 }) if got == second.get()
+    ));
+    // A flipped bit.
+    let mut damaged = bytes.clone();
+    damaged[at + 34] ^= 0x10;
+    let error = peer.append_raw(Offset::ZERO, &damaged).unwrap_err();
+    assert!(
+        matches!(error, JournalError::InvalidRaw { offset, .. } if offset == second.get()),
+        "{error}"
+    );
+    assert_eq!(
+        peer.end_offset(),
+        Offset::ZERO,
+        "nothing of a rejected batch is kept"
+    );
+    // A partial record.
+    assert!(matches!(
+        peer.append_raw(Offset::ZERO, &bytes[..40]),
+        Err(JournalError::InvalidRaw { .. })
+    ));
+    peer.append_raw(Offset::ZERO, &bytes).unwrap();
+
+    // An older epoch after epoch 5.
+    let old_dir = tempfile::tempdir().unwrap();
+    let mut old = open(old_dir.path(), &options);
+    old.append(RecordKind::EpochStart, Epoch(5), b"").unwrap();
+    old.append(RecordKind::Opaque, Epoch(5), b"hello").unwrap();
+    old.sync(&mut ring).unwrap();
+    drop(old);
+    let mut stale = Journal::open(old_dir.path(), options.clone()).unwrap();
+    let end = stale.end_offset();
+    assert!(matches!(
+        stale.append(RecordKind::Opaque, Epoch(4), b"late"),
+        Err(JournalError::EpochRegression { got: 4, current: 5 })
+    ));
+    assert!(matches!(
+        stale.append(RecordKind::Opaque, Epoch(6), b"unopened"),
+        Err(JournalError::EpochNotStarted { got: 6, current: 5 })
+    ));
+    assert_eq!(stale.end_offset(), end);
+}
+
+#[test]
+fn truncate_cuts_a_diverged_tail_for_good() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(mode);
+        let mut ring = ring();
+        let mut journal = open(dir.path(), &options);
+        journal
+            .append(RecordKind::EpochStart, Epoch(1), b"")
+            .unwrap();
+        for i in 0..40 {
+            append(&mut journal, &mut ring, 1, &payload(i, 1000));
+        }
+        journal.sync(&mut ring).unwrap();
+        let cut = journal.end_offset();
+        let kept = read_all(&journal);
+        journal
+            .append(RecordKind::EpochStart, Epoch(2), b"")
+            .unwrap();
+        for i in 0..150 {
+            append(&mut journal, &mut ring, 2, &payload(i, 900));
+        }
+        journal.sync(&mut ring).unwrap();
+        assert_eq!(journal.epoch_starts().len(), 2);
+
+        assert!(matches!(
+            journal.truncate(cut + 1),
+            Err(JournalError::NotRecordBoundary(_))
+        ));
+        journal.truncate(cut).unwrap();
+        assert_eq!(journal.end_offset(), cut);
+        assert_eq!(journal.epoch(), Epoch(1));
+        assert_eq!(journal.epoch_starts(), &[(Epoch(1), Offset::ZERO)]);
+        assert_eq!(read_all(&journal), kept);
+
+        // New history after the cut, shorter records than before: nothing of
+        // the cut tail may resurface after a reopen.
+        journal
+            .append(RecordKind::EpochStart, Epoch(3), b"")
+            .unwrap();
+        append(&mut journal, &mut ring, 3, b"after the cut");
+        journal.sync(&mut ring).unwrap();
+        let mut expected = kept.clone();
+        expected.push((RecordKind::EpochStart, 3, vec![]));
+        expected.push((RecordKind::Opaque, 3, b"after the cut".to_vec()));
+        drop(journal);
+        let journal = open(dir.path(), &options);
+        assert_eq!(read_all(&journal), expected);
+        assert_eq!(journal.epoch(), Epoch(3));
+    }
+}
+
+#[test]
+fn released_segments_are_recycled_and_reopen_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let mut ring = ring();
+    let mut journal = open(dir.path(), &options);
+    journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..400 {
+        offsets.push(append(&mut journal, &mut ring, 1, &payload(i, 1500)));
+    }
+    journal.sync(&mut ring).unwrap();
+    let before = journal.segment_count();
+    let settled = offsets[300];
+    journal.release_below(settled).unwrap();
+    assert!(journal.segment_count() < before);
+    assert!(journal.start_offset() <= settled);
+    assert!(journal.start_offset() > Offset::ZERO);
+    let remaining = read_all(&journal);
+    // Recycled files serve later rotations; their stale records never parse.
+    for i in 0..400 {
+        append(&mut journal, &mut ring, 1, &payload(i + 1000, 1500));
+    }
+    journal.sync(&mut ring).unwrap();
+    let all = read_all(&journal);
+    assert_eq!(&all[..remaining.len()], &remaining[..]);
+    drop(journal);
+    let journal = open(dir.path(), &options);
+    assert_eq!(read_all(&journal), all);
+    assert!(journal.start_offset() > Offset::ZERO);
+}
+
+#[test]
+fn oversized_records_and_bad_options_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let mut journal = open(dir.path(), &options);
+    journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    let error = journal
+        .append(
+            RecordKind::Opaque,
+            Epoch(1),
+            &vec![0; options.batch_bytes_max],
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("batch_bytes_max"), "{error}");
+
+    let bad = twinmq::journal::JournalOptions {
+        segment_bytes: 1000,
+        ..options
+    };
+    let error = Journal::open(tempfile::tempdir().unwrap().path(), bad).unwrap_err();
+    assert!(error.to_string().contains("segment_bytes"), "{error}");
+}
+
+#[test]
+fn a_second_journal_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let _journal = open(dir.path(), &options);
+    assert!(matches!(
+        Journal::open(dir.path(), options),
+        Err(JournalError::Locked(_))
+    ));
+}
+
+#[test]
+fn a_missing_segment_is_corruption_not_a_shorter_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let mut ring = ring();
+    let mut journal = open(dir.path(), &options);
+    journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    for i in 0..200 {
+        append(&mut journal, &mut ring, 1, &payload(i, 1000));
+    }
+    journal.sync(&mut ring).unwrap();
+    drop(journal);
+    let second = format!("{:020}.seg", options.segment_bytes);
+    std::fs::remove_file(dir.path().join(second)).unwrap();
+    let error = Journal::open(dir.path(), options).unwrap_err();
+    assert!(
+        error.to_string().starts_with("corrupt journal: segment"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("segment missing"), "{error}");
+}
