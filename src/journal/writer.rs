@@ -462,6 +462,7 @@ impl Journal {
     /// an fdatasync in that mode) per segment the batch touches, then one
     /// submit. Returns whether a flush started.
     pub fn submit(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
+        self.check_poison()?;
         let due = self.filling.new_bytes() >= self.options.batch_bytes_max
             || self
                 .flush_deadline()
