@@ -42,10 +42,10 @@ pub const RING_ENTRIES_DEFAULT: u32 = 256;
 /// Chunk size the record reader fetches from disk at a time.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 
-const _: () = assert!(RECORD_HEADER_BYTES % 8 == 0);
-const _: () = assert!(SEGMENT_BYTES_MIN % BLOCK_BYTES as u64 == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES as u64 == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(8));
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES as u64));
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!((2 * BATCH_BYTES_MAX + BLOCK_BYTES) as u64 <= u32::MAX as u64);
 const _: () = assert!(BATCH_BYTES_DEFAULT * 2 + BLOCK_BYTES <= SEGMENT_BYTES_DEFAULT as usize);
-const _: () = assert!(ZERO_FILL_CHUNK_BYTES % BLOCK_BYTES == 0);
+const _: () = assert!(ZERO_FILL_CHUNK_BYTES.is_multiple_of(BLOCK_BYTES));

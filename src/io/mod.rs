@@ -38,3 +38,66 @@ pub fn open_rw(path: &Path, direct: bool) -> io::Result<Option<File>> {
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// Writes `buf` at `offset` with `RWF_DSYNC` (durable on return), as one
+/// `pwritev2` call. Used to measure the raw floor the journal is held to.
+pub fn pwrite_dsync(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: iov points at `buf`, valid for reads for the whole call.
+    let written = unsafe {
+        libc::pwritev2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_DSYNC,
+        )
+    };
+    match written {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n if n as usize != buf.len() => Err(io::Error::other(format!(
+            "short write: {n} of {} bytes",
+            buf.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reserves `len` bytes for `file` with plain `fallocate` (unwritten extents).
+pub fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an fd we own; no memory is involved.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Overwrites `len` bytes of `file` from `at` with zeros (buffered; the
+/// caller flushes).
+pub fn write_zeros(file: &File, at: u64, len: u64) -> io::Result<()> {
+    use crate::constants::ZERO_FILL_CHUNK_BYTES;
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..chunk], at + done)?;
+        done += chunk as u64;
+    }
+    Ok(())
+}
+
+/// Drops a file's clean pages from the page cache (`POSIX_FADV_DONTNEED`).
+pub fn drop_cache(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fadvise on an fd we own; no memory is involved.
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}

@@ -88,7 +88,7 @@ impl JournalOptions {
                 ),
             );
         }
-        if self.segment_bytes % BLOCK_BYTES as u64 != 0 {
+        if !self.segment_bytes.is_multiple_of(BLOCK_BYTES as u64) {
             return invalid(
                 "segment_bytes",
                 format!("{} is not a multiple of {BLOCK_BYTES}", self.segment_bytes),

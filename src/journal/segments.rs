@@ -15,9 +15,8 @@
 //! journal benchmark measures.
 
 use super::JournalError;
-use crate::constants::ZERO_FILL_CHUNK_BYTES;
 use crate::ids::Offset;
-use crate::io::{open_rw, sync_dir};
+use crate::io::{drop_cache, open_rw, sync_dir, write_zeros};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -158,14 +157,11 @@ pub fn open_for_reading(listing: &Listing) -> Result<Vec<SegmentFile>, JournalEr
 fn create_zeroed(tmp: &Path, path: &Path, bytes: u64, dir: &Path) -> io::Result<()> {
     let result = (|| {
         let file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
-        let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
-        let mut written = 0u64;
-        while written < bytes {
-            let chunk = (bytes - written).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
-            file.write_all_at(&zeros[..chunk], written)?;
-            written += chunk as u64;
-        }
+        write_zeros(&file, 0, bytes)?;
         file.sync_all()?;
+        // The zeros will only ever be overwritten, mostly with O_DIRECT, which
+        // would have to invalidate these cached pages write by write.
+        drop_cache(&file)?;
         fs::rename(tmp, path)?;
         sync_dir(dir)
     })();
@@ -405,6 +401,7 @@ impl SegmentDir {
 
     /// Asks the background thread for spares up to the target count.
     pub fn request_spares(&mut self) {
+        self.collect_spares(false);
         while self.spares.len() + self.prealloc.pending < self.spare_target {
             let id = self.next_spare_id;
             self.next_spare_id += 1;
@@ -489,12 +486,17 @@ impl SegmentDir {
             },
             write,
         });
-        self.request_spares();
+        // Zero-filling costs a second write of every byte, so it only starts
+        // when spares run low; released segments refill the pool for free
+        // while consumers keep up.
+        if self.spares.len() + self.prealloc.pending < self.spare_target.div_ceil(2) {
+            self.request_spares();
+        }
         Ok(())
     }
 
-    /// Removes the first segment: recycled as a spare when the spare pool is
-    /// short and the size fits, else deleted. Its records are all released,
+    /// Removes the first segment: recycled as a spare when fewer than the
+    /// target are ready and the size fits, else deleted. Its records are all released,
     /// and a recycled file's stale headers name offsets below every future
     /// segment, so they never parse as records there.
     pub fn release_first(&mut self) -> Result<(), JournalError> {
@@ -502,7 +504,7 @@ impl SegmentDir {
         let path = segment.file.path.clone();
         drop(segment);
         self.collect_spares(false);
-        if self.spares.len() + self.prealloc.pending < self.spare_target
+        if self.spares.len() < self.spare_target
             && fs::metadata(&path).map(|m| m.len()).ok() == Some(self.spare_bytes)
         {
             let id = self.next_spare_id;
@@ -532,7 +534,6 @@ impl SegmentDir {
     /// Overwrites `[from, to)` with zeros (across segments) and flushes, so
     /// that no record once written there can ever parse again.
     pub fn erase(&mut self, from: Offset, to: Offset) -> Result<(), JournalError> {
-        let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
         for segment in &self.segments {
             let file = &segment.file;
             let lo = from.max(file.start);
@@ -544,15 +545,8 @@ impl SegmentDir {
                 .write(true)
                 .open(&file.path)
                 .map_err(JournalError::io("open", &file.path))?;
-            let mut at = lo - file.start;
-            let stop = hi - file.start;
-            while at < stop {
-                let chunk = (stop - at).min(zeros.len() as u64) as usize;
-                handle
-                    .write_all_at(&zeros[..chunk], at)
-                    .map_err(JournalError::io("erase", &file.path))?;
-                at += chunk as u64;
-            }
+            write_zeros(&handle, lo - file.start, hi - lo)
+                .map_err(JournalError::io("erase", &file.path))?;
             handle
                 .sync_data()
                 .map_err(JournalError::io("sync", &file.path))?;
