@@ -339,3 +339,46 @@ fn a_missing_segment_is_corruption_not_a_shorter_log() {
     );
     assert!(error.to_string().contains("segment missing"), "{error}");
 }
+
+#[test]
+fn linger_holds_a_small_batch_until_its_deadline_but_not_a_full_one() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let options = twinmq::journal::JournalOptions {
+        flush_linger: Duration::from_millis(50),
+        ..small_options(Durability::DirectDsync)
+    };
+    let mut ring = ring();
+    let mut journal = open(dir.path(), &options);
+    journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(
+        !journal.submit(t0, &mut ring).unwrap(),
+        "held back by the linger"
+    );
+    assert_eq!(
+        journal.flush_deadline(),
+        Some(t0 + Duration::from_millis(50))
+    );
+    assert!(
+        !journal
+            .submit(t0 + Duration::from_millis(49), &mut ring)
+            .unwrap()
+    );
+    assert!(
+        journal
+            .submit(t0 + Duration::from_millis(50), &mut ring)
+            .unwrap()
+    );
+    journal.sync(&mut ring).unwrap();
+
+    // A batch at its cap goes at once, linger or not.
+    while journal
+        .append(RecordKind::Opaque, Epoch(1), &[1; 1000])
+        .is_ok()
+    {}
+    assert!(journal.submit(Instant::now(), &mut ring).unwrap());
+    journal.sync(&mut ring).unwrap();
+}

@@ -28,10 +28,6 @@ impl Latency {
         self.histogram.saturating_record(nanos);
     }
 
-    pub fn count(&self) -> u64 {
-        self.histogram.len()
-    }
-
     /// The `quantile` (0..=1) in microseconds.
     pub fn quantile_us(&self, quantile: f64) -> f64 {
         self.histogram.value_at_quantile(quantile) as f64 / 1000.0

@@ -295,7 +295,12 @@ impl SegmentDir {
         spare_bytes: u64,
         spare_target: usize,
     ) -> Result<SegmentDir, JournalError> {
-        fs::create_dir_all(dir).map_err(JournalError::io("create directory", dir))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(JournalError::io("create directory", dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent).map_err(JournalError::io("sync", parent))?;
+            }
+        }
         let lock = lock_dir(dir)?;
         let listing = list(dir)?;
         for tmp in &listing.temporaries {
@@ -460,10 +465,12 @@ impl SegmentDir {
                 sync_dir(&self.dir).map_err(JournalError::io("sync", &self.dir))?;
             }
             None => {
-                tracing::warn!(
-                    segment = %path.display(),
-                    "no spare segment ready; zero-filling on the journal thread"
-                );
+                if !self.segments.is_empty() {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        "no spare segment ready; zero-filling on the journal thread"
+                    );
+                }
                 let tmp = self
                     .dir
                     .join(format!("{}{TMP_SUFFIX}", segment_name(start)));

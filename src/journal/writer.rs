@@ -58,8 +58,10 @@ struct Batch {
     head: usize,
     /// Bytes used, carry included.
     len: usize,
-    /// When the first new byte was appended, for the linger timer.
+    /// When a `submit` first saw this batch waiting, for the linger timer.
     since: Option<Instant>,
+    /// The batch refused a record (`Full`): flush it without lingering.
+    refused: bool,
 }
 
 impl Batch {
@@ -174,6 +176,7 @@ impl Journal {
                 head: 0,
                 len: 0,
                 since: None,
+                refused: false,
             },
             in_flight: None,
             free: Some(AlignedBuf::zeroed(capacity)),
@@ -202,6 +205,7 @@ impl Journal {
             head,
             len: head,
             since: None,
+            refused: false,
         };
         Ok(())
     }
@@ -338,10 +342,8 @@ impl Journal {
     fn ensure_room(&mut self, need: usize) -> Result<(), JournalError> {
         let used = self.filling.new_bytes();
         if used > 0 && used + need > self.options.batch_bytes_max {
+            self.filling.refused = true;
             return Err(JournalError::Full);
-        }
-        if self.filling.since.is_none() {
-            self.filling.since = Some(Instant::now());
         }
         Ok(())
     }
@@ -388,9 +390,9 @@ impl Journal {
             });
         }
         if used > 0 && used + bytes.len() > self.options.batch_bytes_max {
+            self.filling.refused = true;
             return Err(JournalError::Full);
         }
-        self.ensure_room(0)?;
         let mut pos = 0;
         while pos < bytes.len() {
             if self.end == self.tail_end() {
@@ -447,7 +449,8 @@ impl Journal {
         Ok(epochs)
     }
 
-    /// When the filling batch's linger expires, if it is waiting on one.
+    /// When the filling batch's linger expires, once a `submit` has seen it
+    /// waiting (the shard loop arms its timer with this).
     pub fn flush_deadline(&self) -> Option<Instant> {
         if self.in_flight.is_some() || self.poison.is_some() {
             return None;
@@ -458,15 +461,18 @@ impl Journal {
     }
 
     /// Starts the flush of the filling batch if none is in flight and the
-    /// batch is due (linger elapsed or cap reached). Pushes one write (plus
-    /// an fdatasync in that mode) per segment the batch touches, then one
+    /// batch is due: it refused a record for lack of room, or `flush_linger`
+    /// has passed since the first `submit` that saw it waiting (time is an
+    /// input: the journal reads no clock). Pushes one write (plus an
+    /// fdatasync in that mode) per segment the batch touches, then one
     /// submit. Returns whether a flush started.
     pub fn submit(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
         self.check_poison()?;
-        let due = self.filling.new_bytes() >= self.options.batch_bytes_max
-            || self
-                .flush_deadline()
-                .is_some_and(|deadline| now >= deadline);
+        if self.in_flight.is_some() || self.filling.new_bytes() == 0 {
+            return Ok(false);
+        }
+        let since = *self.filling.since.get_or_insert(now);
+        let due = self.filling.refused || now >= since + self.options.flush_linger;
         if !due {
             return Ok(false);
         }
@@ -562,6 +568,7 @@ impl Journal {
                 head,
                 len: head,
                 since: None,
+                refused: false,
             },
         );
         let carry_at = (base - old.base) as usize;
