@@ -382,3 +382,31 @@ fn linger_holds_a_small_batch_until_its_deadline_but_not_a_full_one() {
     assert!(journal.submit(Instant::now(), &mut ring).unwrap());
     journal.sync(&mut ring).unwrap();
 }
+
+#[test]
+fn batches_use_registered_buffers_and_fall_back_when_the_table_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(Durability::DirectDsync);
+    let mut ring = ring();
+    let mut journal = open(dir.path(), &options);
+    journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .unwrap();
+    journal.sync(&mut ring).unwrap();
+    assert!(journal.uses_fixed_buffers());
+    drop(journal);
+
+    // Fill the ring's table, then open again: plain writes, same results.
+    let spare = twinmq::io::AlignedBuf::zeroed(4096);
+    // SAFETY: `spare` outlives the ring's use of these indices (none).
+    while unsafe { ring.register_buffers(&[&spare]) }.is_some() {}
+    let mut journal = open(dir.path(), &options);
+    for i in 0..50 {
+        append(&mut journal, &mut ring, 1, &payload(i, 2000));
+    }
+    journal.sync(&mut ring).unwrap();
+    assert!(!journal.uses_fixed_buffers());
+    drop(journal);
+    let journal = open(dir.path(), &options);
+    assert_eq!(read_all(&journal).len(), 51);
+}

@@ -1,8 +1,15 @@
 //! The io_uring ring of one thread, with typed completion tokens.
 
+use super::AlignedBuf;
 use io_uring::{IoUring, opcode, squeue};
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Slots in a ring's registered-buffer table.
+const FIXED_BUFFER_SLOTS: u32 = 64;
+
+static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Which component of a shard loop a submission belongs to. The owner rides
 /// in the top byte of the 64-bit user data so the loop can route completions
@@ -59,9 +66,22 @@ pub enum RingError {
     MissingOpcode(&'static str),
 }
 
+/// State of a ring's registered-buffer table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FixedTable {
+    /// Not created yet.
+    Absent,
+    /// The kernel refused it; operations use plain buffers.
+    Refused,
+    /// A sparse table with this many slots handed out.
+    Sparse { used: u32 },
+}
+
 /// A thread's io_uring instance.
 pub struct Ring {
     uring: IoUring,
+    id: u64,
+    fixed: FixedTable,
 }
 
 impl fmt::Debug for Ring {
@@ -76,7 +96,73 @@ impl Ring {
     /// Creates a ring with room for `entries` submissions.
     pub fn new(entries: u32) -> Result<Ring, RingError> {
         let uring = IoUring::new(entries).map_err(unavailable)?;
-        Ok(Ring { uring })
+        Ok(Ring {
+            uring,
+            id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
+            fixed: FixedTable::Absent,
+        })
+    }
+
+    /// A process-unique identity, so a component can tell whether buffers
+    /// it registered belong to this ring.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Registers `bufs` as fixed buffers, so direct I/O from them skips
+    /// pinning their pages on every operation. Returns the table index of
+    /// the first (the rest follow in order), or `None` when the kernel or
+    /// the memlock limit refuses, or the table is full: then use plain
+    /// operations.
+    ///
+    /// # Safety
+    /// Each buffer's memory must stay allocated for as long as operations
+    /// name its index. (The kernel holds its own page references, so freeing
+    /// it early cannot corrupt the kernel, only the data of such an operation.)
+    pub unsafe fn register_buffers(&mut self, bufs: &[&AlignedBuf]) -> Option<u16> {
+        if self.fixed == FixedTable::Absent {
+            self.fixed = match self
+                .uring
+                .submitter()
+                .register_buffers_sparse(FIXED_BUFFER_SLOTS)
+            {
+                Ok(()) => FixedTable::Sparse { used: 0 },
+                Err(error) => {
+                    tracing::info!(%error, "io_uring fixed buffers unavailable; using plain buffers");
+                    FixedTable::Refused
+                }
+            };
+        }
+        let FixedTable::Sparse { used } = self.fixed else {
+            return None;
+        };
+        let count = u32::try_from(bufs.len()).ok()?;
+        if used + count > FIXED_BUFFER_SLOTS {
+            return None;
+        }
+        let iovecs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|buf| libc::iovec {
+                iov_base: buf.as_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            })
+            .collect();
+        // SAFETY: the iovecs describe live buffers; the caller keeps them
+        // allocated while their indices are used.
+        match unsafe {
+            self.uring
+                .submitter()
+                .register_buffers_update(used, &iovecs, None)
+        } {
+            Ok(()) => {
+                self.fixed = FixedTable::Sparse { used: used + count };
+                Some(used as u16)
+            }
+            Err(error) => {
+                tracing::info!(%error, "io_uring refused to register buffers; using plain buffers");
+                None
+            }
+        }
     }
 
     /// Queues one submission, flushing the submission queue first when full.
@@ -168,6 +254,23 @@ mod tests {
         assert_eq!(token.owner(), Some(Owner::Journal));
         assert_eq!(token.id(), 12345);
         assert_eq!(Token(7).owner(), None);
+    }
+
+    #[test]
+    fn fixed_buffers_get_consecutive_slots_until_the_table_is_full() {
+        let mut ring = Ring::new(8).unwrap();
+        let a = AlignedBuf::zeroed(4096);
+        let b = AlignedBuf::zeroed(8192);
+        // SAFETY: a and b outlive every use of their indices (none here).
+        unsafe {
+            assert_eq!(ring.register_buffers(&[&a, &b]), Some(0));
+            assert_eq!(ring.register_buffers(&[&a, &b]), Some(2));
+            for _ in 2..FIXED_BUFFER_SLOTS / 2 {
+                assert!(ring.register_buffers(&[&a, &b]).is_some());
+            }
+            assert_eq!(ring.register_buffers(&[&a]), None, "table full");
+        }
+        assert_ne!(Ring::new(8).unwrap().id(), ring.id());
     }
 
     #[test]

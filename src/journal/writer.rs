@@ -53,6 +53,8 @@ pub struct RecoveryReport {
 #[derive(Debug)]
 struct Batch {
     buf: AlignedBuf,
+    /// Which of the journal's two buffers this is (its fixed-buffer slot).
+    slot: u16,
     base: Offset,
     /// Carry bytes at the front (already durable).
     head: usize,
@@ -94,6 +96,7 @@ struct Part {
 #[derive(Debug)]
 struct InFlight {
     buf: AlignedBuf,
+    slot: u16,
     end: Offset,
     seq: u64,
     parts: [Option<Part>; 4],
@@ -114,7 +117,10 @@ pub struct Journal {
     durable: Offset,
     filling: Batch,
     in_flight: Option<InFlight>,
-    free: Option<AlignedBuf>,
+    free: Option<(AlignedBuf, u16)>,
+    /// The ring (by id) the two buffers are registered with, and the table
+    /// index of slot 0; `None` as index when registration was refused.
+    fixed: Option<(u64, Option<u16>)>,
     seq: u64,
     poison: Option<Arc<str>>,
     report: RecoveryReport,
@@ -172,6 +178,7 @@ impl Journal {
             durable: scan.end,
             filling: Batch {
                 buf: AlignedBuf::zeroed(capacity),
+                slot: 0,
                 base: Offset::ZERO,
                 head: 0,
                 len: 0,
@@ -179,7 +186,8 @@ impl Journal {
                 refused: false,
             },
             in_flight: None,
-            free: Some(AlignedBuf::zeroed(capacity)),
+            free: Some((AlignedBuf::zeroed(capacity), 1)),
+            fixed: None,
             seq: 0,
             poison: None,
             report,
@@ -201,6 +209,7 @@ impl Journal {
         }
         self.filling = Batch {
             buf,
+            slot: self.filling.slot,
             base,
             head,
             len: head,
@@ -263,6 +272,11 @@ impl Journal {
     /// The cause, once a storage failure has poisoned the journal.
     pub fn poisoned(&self) -> Option<&Arc<str>> {
         self.poison.as_ref()
+    }
+
+    /// Whether batches are written from io_uring fixed (registered) buffers.
+    pub fn uses_fixed_buffers(&self) -> bool {
+        matches!(self.fixed, Some((_, Some(_))))
     }
 
     /// Blocks until the background zero-filler has made every requested spare.
@@ -485,6 +499,7 @@ impl Journal {
             return Ok(false);
         }
         let direct = self.durability == Durability::DirectDsync;
+        let fixed = self.fixed_index(ring);
         let batch = &mut self.filling;
         let (from, to) = if direct {
             let padded = batch.len.next_multiple_of(BLOCK_BYTES);
@@ -512,13 +527,18 @@ impl Journal {
             let ptr = self.filling.buf[(lo - self.filling.base) as usize..].as_ptr();
             let len = (hi - lo) as u32;
             let file_pos = lo - file.start;
-            let mut write = opcode::Write::new(fd, ptr, len).offset(file_pos);
-            if direct {
-                write = write.rw_flags(libc::RWF_DSYNC);
-            }
-            let mut entry = write
-                .build()
-                .user_data(Token::new(Owner::Journal, seq << 2 | count as u64).0);
+            let rw_flags = if direct { libc::RWF_DSYNC } else { 0 };
+            let write = match fixed {
+                Some(buf_index) => opcode::WriteFixed::new(fd, ptr, len, buf_index)
+                    .offset(file_pos)
+                    .rw_flags(rw_flags)
+                    .build(),
+                None => opcode::Write::new(fd, ptr, len)
+                    .offset(file_pos)
+                    .rw_flags(rw_flags)
+                    .build(),
+            };
+            let mut entry = write.user_data(Token::new(Owner::Journal, seq << 2 | count as u64).0);
             parts[count] = Some(Part {
                 op: FaultOp::Write,
                 expect: len as i32,
@@ -556,7 +576,7 @@ impl Journal {
 
         // The next batch starts in the block this one ends in; copy that
         // block's bytes (the carry) so the next write stays block-aligned.
-        let next_buf = self.free.take().expect("two batch buffers");
+        let (next_buf, next_slot) = self.free.take().expect("two batch buffers");
         let end = self.end;
         let base = Offset(end.get() / BLOCK_BYTES as u64 * BLOCK_BYTES as u64);
         let head = (end - base) as usize;
@@ -564,6 +584,7 @@ impl Journal {
             &mut self.filling,
             Batch {
                 buf: next_buf,
+                slot: next_slot,
                 base,
                 head,
                 len: head,
@@ -575,6 +596,7 @@ impl Journal {
         self.filling.buf[..head].copy_from_slice(&old.buf[carry_at..carry_at + head]);
         self.in_flight = Some(InFlight {
             buf: old.buf,
+            slot: old.slot,
             end,
             seq,
             parts,
@@ -582,6 +604,28 @@ impl Journal {
             failure: None,
         });
         Ok(true)
+    }
+
+    /// The fixed-buffer index of the filling batch's buffer on `ring`,
+    /// registering both batch buffers the first time this ring is seen.
+    /// Call only with no batch in flight (both buffers at hand).
+    fn fixed_index(&mut self, ring: &mut Ring) -> Option<u16> {
+        let base = match self.fixed {
+            Some((id, base)) if id == ring.id() => base,
+            _ => {
+                let (free, free_slot) = self.free.as_ref().expect("no batch in flight");
+                let mut bufs = [&self.filling.buf, free];
+                if *free_slot == 0 {
+                    bufs.swap(0, 1);
+                }
+                // SAFETY: both buffers live as long as the journal, and the
+                // journal only names their indices on this ring.
+                let base = unsafe { ring.register_buffers(&bufs) };
+                self.fixed = Some((ring.id(), base));
+                base
+            }
+        };
+        base.map(|base| base + self.filling.slot)
     }
 
     /// Takes a journal completion from the ring. Returns what changed once
@@ -621,7 +665,7 @@ impl Journal {
             return None;
         }
         let done = self.in_flight.take().expect("in flight");
-        self.free = Some(done.buf);
+        self.free = Some((done.buf, done.slot));
         match done.failure {
             Some(failure) => {
                 // Never retried: after a failed fsync the page cache may have
