@@ -67,13 +67,7 @@ fn completion_events_report_durable_offsets_in_order() {
             .submit(std::time::Instant::now(), &mut ring)
             .unwrap()
     );
-    ring.submit_and_wait(1).unwrap();
-    let mut completions = Vec::new();
-    ring.reap(&mut completions);
-    let events: Vec<_> = completions
-        .into_iter()
-        .filter_map(|c| journal.complete(c))
-        .collect();
+    let events = next_events(&mut journal, &mut ring);
     assert_eq!(events, vec![JournalEvent::Durable(end)]);
     assert!(journal.durable_offset() <= second);
     journal.sync(&mut ring).unwrap();
@@ -82,15 +76,14 @@ fn completion_events_report_durable_offsets_in_order() {
 
 #[test]
 fn raw_copy_to_a_peer_journal_is_byte_identical() {
-    let source_dir = tempfile::tempdir().unwrap();
+    let Fixture {
+        dir: source_dir,
+        options,
+        mut ring,
+        journal: mut source,
+    } = started(small_options(Durability::DirectDsync));
     let peer_dir = tempfile::tempdir().unwrap();
-    let options = small_options(Durability::DirectDsync);
-    let mut ring = ring();
-    let mut source = open(source_dir.path(), &options);
     let mut peer = open(peer_dir.path(), &options);
-    source
-        .append(RecordKind::EpochStart, Epoch(1), b"")
-        .unwrap();
     for i in 0..200 {
         append(&mut source, &mut ring, 1, &payload(i, 700 + i * 13));
     }
@@ -197,13 +190,12 @@ fn raw_append_rejects_gaps_bad_checksums_and_older_epochs() {
 #[test]
 fn truncate_cuts_a_diverged_tail_for_good() {
     for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let options = small_options(mode);
-        let mut ring = ring();
-        let mut journal = open(dir.path(), &options);
-        journal
-            .append(RecordKind::EpochStart, Epoch(1), b"")
-            .unwrap();
+        let Fixture {
+            dir,
+            options,
+            mut ring,
+            mut journal,
+        } = started(small_options(mode));
         for i in 0..40 {
             append(&mut journal, &mut ring, 1, &payload(i, 1000));
         }
@@ -248,13 +240,12 @@ fn truncate_cuts_a_diverged_tail_for_good() {
 
 #[test]
 fn released_segments_are_recycled_and_reopen_keeps_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = small_options(Durability::DirectDsync);
-    let mut ring = ring();
-    let mut journal = open(dir.path(), &options);
-    journal
-        .append(RecordKind::EpochStart, Epoch(1), b"")
-        .unwrap();
+    let Fixture {
+        dir,
+        options,
+        mut ring,
+        mut journal,
+    } = started(small_options(Durability::DirectDsync));
     let mut offsets = Vec::new();
     for i in 0..400 {
         offsets.push(append(&mut journal, &mut ring, 1, &payload(i, 1500)));
@@ -318,13 +309,12 @@ fn a_second_journal_on_the_same_directory_is_refused() {
 
 #[test]
 fn a_missing_segment_is_corruption_not_a_shorter_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = small_options(Durability::DirectDsync);
-    let mut ring = ring();
-    let mut journal = open(dir.path(), &options);
-    journal
-        .append(RecordKind::EpochStart, Epoch(1), b"")
-        .unwrap();
+    let Fixture {
+        dir,
+        options,
+        mut ring,
+        mut journal,
+    } = started(small_options(Durability::DirectDsync));
     for i in 0..200 {
         append(&mut journal, &mut ring, 1, &payload(i, 1000));
     }
@@ -385,13 +375,12 @@ fn linger_holds_a_small_batch_until_its_deadline_but_not_a_full_one() {
 
 #[test]
 fn batches_use_registered_buffers_and_fall_back_when_the_table_is_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = small_options(Durability::DirectDsync);
-    let mut ring = ring();
-    let mut journal = open(dir.path(), &options);
-    journal
-        .append(RecordKind::EpochStart, Epoch(1), b"")
-        .unwrap();
+    let Fixture {
+        dir,
+        options,
+        mut ring,
+        mut journal,
+    } = started(small_options(Durability::DirectDsync));
     journal.sync(&mut ring).unwrap();
     assert!(journal.uses_fixed_buffers());
     drop(journal);

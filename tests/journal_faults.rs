@@ -140,13 +140,7 @@ fn poisoned_event_reaches_the_loop_and_pending_appends_stay_unacknowledged() {
     let pending = journal
         .append(RecordKind::Opaque, Epoch(1), b"pending")
         .unwrap();
-    ring.submit_and_wait(1).unwrap();
-    let mut completions = Vec::new();
-    ring.reap(&mut completions);
-    let events: Vec<_> = completions
-        .into_iter()
-        .filter_map(|c| journal.complete(c))
-        .collect();
+    let events = next_events(&mut journal, &mut ring);
     assert!(
         matches!(events.as_slice(), [JournalEvent::Poisoned(_)]),
         "{events:?}"

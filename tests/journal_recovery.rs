@@ -157,14 +157,9 @@ proptest! {
         direct in any::<bool>(),
     ) {
         let mode = if direct { Durability::DirectDsync } else { Durability::WriteFdatasync };
-        let dir = tempfile::tempdir().unwrap();
-        let options = small_options(mode);
-        let mut ring = ring();
-        let mut journal = open(dir.path(), &options);
+        let Fixture { dir, options, mut ring, mut journal } = started(small_options(mode));
         let mut epoch = 1;
-        let mut expected = vec![];
-        journal.append(RecordKind::EpochStart, Epoch(1), b"").unwrap();
-        expected.push((RecordKind::EpochStart, 1, vec![]));
+        let mut expected = vec![(RecordKind::EpochStart, 1, vec![])];
         for batch in &batches {
             prop_assume!(append_batch(&mut journal, &mut ring, &mut epoch, batch, &mut expected));
         }
@@ -206,14 +201,9 @@ proptest! {
         pick in any::<prop::sample::Index>(),
         bit in any::<prop::sample::Index>(),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let options = small_options(Durability::DirectDsync);
-        let mut ring = ring();
-        let mut journal = open(dir.path(), &options);
+        let Fixture { dir, options, mut ring, mut journal } = started(small_options(Durability::DirectDsync));
         let mut epoch = 1;
-        let mut expected = vec![];
-        journal.append(RecordKind::EpochStart, Epoch(1), b"").unwrap();
-        expected.push((RecordKind::EpochStart, 1, vec![]));
+        let mut expected = vec![(RecordKind::EpochStart, 1, vec![])];
         let mut last_batch_start = Offset::ZERO;
         for batch in &batches {
             last_batch_start = journal.end_offset();

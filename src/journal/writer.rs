@@ -126,6 +126,21 @@ pub struct Journal {
     report: RecoveryReport,
 }
 
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // A batch still with the kernel may be read from its buffer after we
+        // are gone; the journal has no ring here to wait on, so the buffer is
+        // leaked rather than handed back to the allocator while in use.
+        if let Some(in_flight) = self.in_flight.take() {
+            tracing::warn!(
+                dir = %self.files.dir().display(),
+                "journal dropped with a flush in flight; its batch is not acknowledged"
+            );
+            std::mem::forget(in_flight.buf);
+        }
+    }
+}
+
 /// Capacity of a batch buffer: the carry block, the cap, and one more cap for
 /// a record that overflows it plus the segment padding before that record.
 fn batch_capacity(options: &JournalOptions) -> usize {

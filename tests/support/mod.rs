@@ -76,3 +76,38 @@ pub fn segment_bytes(dir: &Path) -> Vec<u8> {
 pub fn payload(seed: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seed * 31 + i * 7) as u8).collect()
 }
+
+/// A journal in a fresh temporary directory, with epoch 1 started.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub options: JournalOptions,
+    pub ring: Ring,
+    pub journal: Journal,
+}
+
+pub fn started(options: JournalOptions) -> Fixture {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let journal = open(dir.path(), &options);
+    let mut fixture = Fixture {
+        dir,
+        options,
+        ring: ring(),
+        journal,
+    };
+    fixture
+        .journal
+        .append(RecordKind::EpochStart, Epoch(1), b"")
+        .expect("epoch start");
+    fixture
+}
+
+/// Waits for at least one completion and returns the journal events it caused.
+pub fn next_events(journal: &mut Journal, ring: &mut Ring) -> Vec<twinmq::journal::JournalEvent> {
+    ring.submit_and_wait(1).expect("wait for a completion");
+    let mut completions = Vec::new();
+    ring.reap(&mut completions);
+    completions
+        .into_iter()
+        .filter_map(|c| journal.complete(c))
+        .collect()
+}
