@@ -8,7 +8,10 @@
 #![warn(missing_debug_implementations)]
 
 pub mod bench;
+pub mod config;
 pub mod constants;
 pub mod ids;
 pub mod io;
 pub mod journal;
+pub mod net;
+pub mod protocol;
