@@ -1,0 +1,143 @@
+//! Destination names: `/queue/NAME` and `/topic/NAME` everywhere (CLI,
+//! client API, logs, journal), the convention of STOMP brokers.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest destination name (after the `/queue/` or `/topic/` prefix).
+pub const DESTINATION_NAME_BYTES_MAX: usize = 200;
+
+/// Whether a destination is a queue (competing consumers) or a topic (fan-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DestinationKind {
+    Queue,
+    Topic,
+}
+
+/// A validated destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination {
+    kind: DestinationKind,
+    name: String,
+}
+
+/// Why a destination string is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination {0:?} must start with /queue/ or /topic/")]
+    Prefix(String),
+    #[error("destination {0:?} has an empty name")]
+    Empty(String),
+    #[error("destination {text:?} is longer than {max} bytes", max = DESTINATION_NAME_BYTES_MAX)]
+    TooLong { text: String },
+    #[error("destination {text:?} may only use letters, digits and . _ - : (found {found:?})")]
+    Character { text: String, found: char },
+}
+
+impl Destination {
+    pub fn new(kind: DestinationKind, name: &str) -> Result<Destination, DestinationError> {
+        let text = || format!("{}{name}", prefix(kind));
+        if name.is_empty() {
+            return Err(DestinationError::Empty(text()));
+        }
+        if name.len() > DESTINATION_NAME_BYTES_MAX {
+            return Err(DestinationError::TooLong { text: text() });
+        }
+        if let Some(found) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+        {
+            return Err(DestinationError::Character {
+                text: text(),
+                found,
+            });
+        }
+        Ok(Destination {
+            kind,
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn queue(name: &str) -> Result<Destination, DestinationError> {
+        Destination::new(DestinationKind::Queue, name)
+    }
+
+    pub fn topic(name: &str) -> Result<Destination, DestinationError> {
+        Destination::new(DestinationKind::Topic, name)
+    }
+
+    pub fn kind(&self) -> DestinationKind {
+        self.kind
+    }
+
+    /// The name without its prefix.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_queue(&self) -> bool {
+        self.kind == DestinationKind::Queue
+    }
+}
+
+fn prefix(kind: DestinationKind) -> &'static str {
+    match kind {
+        DestinationKind::Queue => "/queue/",
+        DestinationKind::Topic => "/topic/",
+    }
+}
+
+impl FromStr for Destination {
+    type Err = DestinationError;
+    fn from_str(text: &str) -> Result<Destination, DestinationError> {
+        if let Some(name) = text.strip_prefix("/queue/") {
+            Destination::queue(name)
+        } else if let Some(name) = text.strip_prefix("/topic/") {
+            Destination::topic(name)
+        } else {
+            Err(DestinationError::Prefix(text.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", prefix(self.kind), self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_and_print_with_their_prefix() {
+        let queue: Destination = "/queue/orders.eu-1".parse().unwrap();
+        assert!(queue.is_queue());
+        assert_eq!(queue.name(), "orders.eu-1");
+        assert_eq!(queue.to_string(), "/queue/orders.eu-1");
+        let topic: Destination = "/topic/prices".parse().unwrap();
+        assert_eq!(topic.kind(), DestinationKind::Topic);
+    }
+
+    #[test]
+    fn bad_destinations_say_why() {
+        assert!(matches!(
+            "orders".parse::<Destination>(),
+            Err(DestinationError::Prefix(_))
+        ));
+        assert!(matches!(
+            "/queue/".parse::<Destination>(),
+            Err(DestinationError::Empty(_))
+        ));
+        assert!(matches!(
+            "/topic/a b".parse::<Destination>(),
+            Err(DestinationError::Character { found: ' ', .. })
+        ));
+        let long = format!("/queue/{}", "x".repeat(201));
+        assert!(matches!(
+            long.parse::<Destination>(),
+            Err(DestinationError::TooLong { .. })
+        ));
+    }
+}
