@@ -8,6 +8,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod bench;
+pub mod broker;
 pub mod config;
 pub mod constants;
 pub mod ids;

@@ -41,16 +41,35 @@ pub enum RecordKind {
     EpochStart = 2,
     /// A payload the journal does not interpret.
     Opaque = 3,
+    /// A message stored on a destination (broker::records::MessageRecord).
+    Message = 4,
+    /// A message settled (acknowledged, expired, dead-lettered) on a queue
+    /// or durable subscription.
+    Settle = 5,
+    /// A destination created.
+    DestinationCreate = 6,
+    /// A destination deleted, with everything on it.
+    DestinationDelete = 7,
+    /// A durable topic subscription created.
+    SubscriptionCreate = 8,
+    /// A durable topic subscription removed.
+    SubscriptionDelete = 9,
 }
 
 impl RecordKind {
     pub fn from_u8(value: u8) -> Option<RecordKind> {
-        match value {
-            1 => Some(RecordKind::Padding),
-            2 => Some(RecordKind::EpochStart),
-            3 => Some(RecordKind::Opaque),
-            _ => None,
-        }
+        Some(match value {
+            1 => RecordKind::Padding,
+            2 => RecordKind::EpochStart,
+            3 => RecordKind::Opaque,
+            4 => RecordKind::Message,
+            5 => RecordKind::Settle,
+            6 => RecordKind::DestinationCreate,
+            7 => RecordKind::DestinationDelete,
+            8 => RecordKind::SubscriptionCreate,
+            9 => RecordKind::SubscriptionDelete,
+            _ => return None,
+        })
     }
 }
 
