@@ -149,6 +149,8 @@ pub enum Command {
     /// A connection went away: its consumers leave, their unacknowledged
     /// deliveries become ready again.
     Disconnected(ConnId),
+    /// Deliver what became deliverable (messages just made durable).
+    Dispatch(Destination),
 }
 
 /// Why a request was refused.
@@ -311,8 +313,12 @@ pub struct Broker {
     live: BTreeMap<Offset, Live>,
     /// Where each destination's / subscription's create record is.
     meta_offsets: HashMap<Live, Offset>,
-    /// Outputs to emit once the journal is durable past the offset.
-    pending: VecDeque<(Offset, AfterDurable, MessageId)>,
+    /// What waits for the journal to be durable past an offset: an output
+    /// to emit, and the destination whose message became deliverable.
+    pending: VecDeque<(Offset, Option<AfterDurable>, MessageId, Destination)>,
+    /// The journal is durable below this; persistent messages at or past it
+    /// are not delivered yet (a crash could still take them back).
+    durable: Offset,
     next_volatile: u64,
     cached_bytes: usize,
 }
@@ -339,6 +345,7 @@ impl Broker {
             pending: VecDeque::new(),
             next_volatile: 0,
             cached_bytes: 0,
+            durable: Offset::ZERO,
         }
     }
 
@@ -688,6 +695,7 @@ impl Broker {
                 self.release_ref(original.message, original.message.offset().is_some());
                 Ok(())
             }
+            Command::Dispatch(destination) => self.dispatch_all(now_ms, destination, store, out),
             Command::Disconnected(conn) => {
                 let mut leaving = Vec::new();
                 for destination in self.destinations.keys() {
@@ -800,9 +808,12 @@ impl Broker {
             end.map(|(o, _)| o),
         );
         match (&send.after, end) {
-            (Some(after), Some((_, end))) => self.pending.push_back((end, after.clone(), id)),
+            (after, Some((_, end))) => {
+                self.pending
+                    .push_back((end, after.clone(), id, send.destination.clone()))
+            }
             (Some(after), None) => self.emit_after(after.clone(), id, out),
-            (None, _) => {}
+            (None, None) => {}
         }
         self.dispatch_all(now_ms, &send.destination, store, out)
     }
@@ -1069,6 +1080,10 @@ impl Broker {
             let Some((&id, &count)) = queue.ready.first_key_value() else {
                 return Ok(());
             };
+            if id.offset().is_some_and(|offset| offset >= self.durable) {
+                // Not durable yet; `on_durable` asks for a dispatch later.
+                return Ok(());
+            }
             let Some(stored) = self.messages.get(&id) else {
                 // Released with a deleted destination; forget it.
                 self.queue_mut(destination, slot)
@@ -1203,15 +1218,30 @@ impl Broker {
         }
     }
 
-    /// The journal is durable below `durable`: emit what waited for it.
-    pub fn on_durable(&mut self, durable: Offset, out: &mut Vec<Output>) {
-        while let Some((end, _, _)) = self.pending.front() {
+    /// The journal is durable below `durable`: emit what waited for it, and
+    /// return the destinations to dispatch (as `Command::Dispatch`).
+    pub fn on_durable(&mut self, durable: Offset, out: &mut Vec<Output>) -> Vec<Destination> {
+        self.durable = self.durable.max(durable);
+        let mut ready: Vec<Destination> = Vec::new();
+        while let Some((end, ..)) = self.pending.front() {
             if *end > durable {
                 break;
             }
-            let (_, after, id) = self.pending.pop_front().expect("front");
-            self.emit_after(after, id, out);
+            let (_, after, id, destination) = self.pending.pop_front().expect("front");
+            if let Some(after) = after {
+                self.emit_after(after, id, out);
+            }
+            if !ready.contains(&destination) {
+                ready.push(destination);
+            }
         }
+        ready
+    }
+
+    /// Marks everything below `durable` as on disk (recovery: the whole
+    /// recovered log is).
+    pub fn set_durable(&mut self, durable: Offset) {
+        self.durable = self.durable.max(durable);
     }
 
     /// Expires ready messages at the head of every queue.

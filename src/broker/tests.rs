@@ -104,19 +104,28 @@ impl World {
         }
     }
 
+    /// Runs a command, then makes the journal durable (as the shard loop
+    /// would after the flush) and runs the dispatches that allows.
     fn run(&mut self, command: Command) -> Vec<Output> {
+        let mut out = self.run_undurable(command);
+        out.extend(self.durable());
+        out
+    }
+
+    fn run_undurable(&mut self, command: Command) -> Vec<Output> {
         let mut out = Vec::new();
-        assert_eq!(
-            self.broker
-                .handle(self.now_ms, &command, &mut self.store, &mut out),
-            Handled::Done
-        );
+        let handled = self
+            .broker
+            .handle(self.now_ms, &command, &mut self.store, &mut out);
+        assert_eq!(handled, Handled::Done);
         out
     }
 
     fn durable(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
-        self.broker.on_durable(Offset(self.store.end), &mut out);
+        for destination in self.broker.on_durable(Offset(self.store.end), &mut out) {
+            out.extend(self.run_undurable(Command::Dispatch(destination)));
+        }
         out
     }
 }
@@ -153,23 +162,30 @@ fn delivered_id(outputs: &[Output]) -> MessageId {
 #[test]
 fn persistent_send_is_acknowledged_only_once_durable() {
     let mut w = World::new();
-    let out = w.run(send("/queue/a", "m1", true, 1, 1));
-    assert!(out.is_empty(), "no ack before the flush: {out:?}");
+    w.run(subscribe(consumer(5, 1), "/queue/a", None, 1));
+    let out = w.run_undurable(send("/queue/a", "m1", true, 1, 1));
+    assert!(
+        out.is_empty(),
+        "no ack and no delivery before the flush: {out:?}"
+    );
     assert!(matches!(
         w.store.records[0].1,
         BrokerRecord::DestinationCreate(_)
     ));
     assert!(matches!(w.store.records[1].1, BrokerRecord::Message(_)));
-    let acks = w.durable();
+    let after = w.durable();
     let message = MessageId::persistent(ShardId(0), w.store.records[1].0);
+    let ack = Output::SendAck {
+        to: conn(1),
+        producer_id: 1,
+        sequence: 1,
+        message,
+    };
+    assert_eq!(after[0], ack);
     assert_eq!(
-        acks,
-        vec![Output::SendAck {
-            to: conn(1),
-            producer_id: 1,
-            sequence: 1,
-            message
-        }]
+        deliveries(&after),
+        vec![(consumer(5, 1), "m1".into(), 1)],
+        "delivered once durable"
     );
     assert!(w.durable().is_empty(), "acknowledged once");
 }
@@ -428,6 +444,7 @@ fn replaying_the_records_rebuilds_the_same_state() {
     for (offset, record) in w.store.records.clone() {
         rebuilt.replay(offset, record);
     }
+    rebuilt.set_durable(Offset(w.store.end));
     let depth = |b: &Broker| {
         b.stats()
             .into_iter()
