@@ -62,6 +62,25 @@ fn minimal_profile_gets_the_defaults() {
 }
 
 #[test]
+fn shipped_single_profile_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/single.toml");
+    let profile = Profile::load(&path).unwrap();
+    assert_eq!(profile.server.name, "single");
+    assert_eq!(profile.server.data_dir, PathBuf::from("./data/single"));
+    assert_eq!(
+        profile.server.client_listen,
+        "127.0.0.1:1856".parse().unwrap()
+    );
+    assert_eq!(
+        profile.server.admin_listen,
+        "127.0.0.1:1858".parse().unwrap()
+    );
+    // The shipped file spells out every default; it must not drift from them.
+    let defaults = parse(MINIMAL).unwrap();
+    assert_eq!(profile, defaults);
+}
+
+#[test]
 fn every_key_is_read() {
     let profile = parse(
         r#"
