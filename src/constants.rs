@@ -49,3 +49,39 @@ const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!((2 * BATCH_BYTES_MAX + BLOCK_BYTES) as u64 <= u32::MAX as u64);
 const _: () = assert!(BATCH_BYTES_DEFAULT * 2 + BLOCK_BYTES <= SEGMENT_BYTES_DEFAULT as usize);
 const _: () = assert!(ZERO_FILL_CHUNK_BYTES.is_multiple_of(BLOCK_BYTES));
+
+// ---- Protocol ----
+
+/// Largest message body the native protocol carries in one SEND or DELIVER.
+/// Bigger payloads belong in a blob store with a reference in the message; a
+/// cap keeps one client from pinning unbounded memory in a shard.
+pub const PROTOCOL_BODY_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Room in a frame for everything but the body: fixed fields, the destination
+/// and a full set of headers at their limits (checked below).
+pub const PROTOCOL_ENVELOPE_BYTES_MAX: u32 = 1024 * 1024;
+
+/// Default largest frame a peer accepts, counted as the length prefix counts:
+/// the type byte and the body, not the 4-byte prefix itself. A receiver
+/// rejects a longer frame from its length prefix alone, before buffering it.
+pub const PROTOCOL_FRAME_BYTES_MAX: u32 = PROTOCOL_BODY_BYTES_MAX + PROTOCOL_ENVELOPE_BYTES_MAX;
+
+/// Default largest number of headers on one message. Headers are for routing
+/// and metadata, not payload; 64 is more than any selector needs.
+pub const PROTOCOL_HEADERS_MAX: u16 = 64;
+
+/// Default largest string field in bytes (ids, names, header keys and
+/// values, error texts). Far above any destination name, small enough that
+/// the worst case of every header at this size stays inside the envelope.
+pub const PROTOCOL_STRING_BYTES_MAX: u16 = 4096;
+
+/// Fixed-width bytes of the largest frame layout (SEND) besides its strings,
+/// headers and body: type, ids, flags, TTL, ack mode and length fields.
+const PROTOCOL_SEND_FIXED_BYTES: u32 = 1 + 8 + 8 + 1 + 8 + 1 + 2 + 4;
+
+const _: () = assert!(
+    PROTOCOL_SEND_FIXED_BYTES
+        + (2 + PROTOCOL_STRING_BYTES_MAX as u32)
+        + PROTOCOL_HEADERS_MAX as u32 * 2 * (2 + PROTOCOL_STRING_BYTES_MAX as u32)
+        <= PROTOCOL_ENVELOPE_BYTES_MAX
+);
