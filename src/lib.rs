@@ -7,6 +7,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod config;
@@ -16,3 +17,5 @@ pub mod io;
 pub mod journal;
 pub mod net;
 pub mod protocol;
+pub mod server;
+pub mod shard;

@@ -18,6 +18,14 @@ static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 #[repr(u8)]
 pub enum Owner {
     Journal = 1,
+    /// The shard's client listener.
+    Accept = 2,
+    /// A connection's receive; id = connection sequence.
+    Recv = 3,
+    /// A connection's send; id = connection sequence.
+    Send = 4,
+    /// The shard's eventfd read (cross-shard wake-up).
+    Wake = 5,
 }
 
 /// A completion token: owner in the top byte, owner-defined id below.
@@ -33,10 +41,14 @@ impl Token {
     }
 
     pub fn owner(self) -> Option<Owner> {
-        match self.0 >> Self::ID_BITS {
-            1 => Some(Owner::Journal),
-            _ => None,
-        }
+        Some(match self.0 >> Self::ID_BITS {
+            1 => Owner::Journal,
+            2 => Owner::Accept,
+            3 => Owner::Recv,
+            4 => Owner::Send,
+            5 => Owner::Wake,
+            _ => return None,
+        })
     }
 
     pub fn id(self) -> u64 {
@@ -196,6 +208,23 @@ impl Ring {
                     return Ok(0);
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Submits and waits for at least `want` completions or until `timeout`
+    /// passes, whichever comes first.
+    pub fn submit_and_wait_timeout(&mut self, want: usize, timeout: std::time::Duration) -> io::Result<()> {
+        let ts = io_uring::types::Timespec::from(timeout);
+        let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+        loop {
+            match self.uring.submitter().submit_with_args(want, &args) {
+                Ok(_) => return Ok(()),
+                Err(error) => match error.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ETIME) | Some(libc::EBUSY) => return Ok(()),
+                    _ => return Err(error),
+                },
             }
         }
     }
