@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod bench;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod constants;
 pub mod ids;

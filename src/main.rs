@@ -1,10 +1,18 @@
 //! The `twinmq` command: parse arguments, start what they ask for.
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use twinmq::bench;
+use twinmq::client::{Client, ClientOptions, ProducerOptions};
 use twinmq::journal::Durability;
+
+/// The local pair's client ports, primary then secondary.
+const URL_DEFAULT: &str = "twinmq://127.0.0.1:1856,127.0.0.1:1956";
+/// The local pair's admin endpoints.
+const ADMIN_DEFAULT: [&str; 2] = ["127.0.0.1:1858", "127.0.0.1:1958"];
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +27,62 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a server from a profile.
+    Server {
+        #[arg(long)]
+        profile: PathBuf,
+    },
+    /// Send messages to /queue/NAME or /topic/NAME.
+    Send {
+        destination: String,
+        /// Message body; `{n}` is replaced by the message's number (from 1).
+        body: Option<String>,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Generate bodies of this many bytes instead of BODY.
+        #[arg(long)]
+        size: Option<usize>,
+        #[arg(long)]
+        non_persistent: bool,
+        /// Time to live in milliseconds (0 = forever).
+        #[arg(long, default_value_t = 0)]
+        ttl_ms: u64,
+        /// Sends in flight before waiting for acknowledgements.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// Receive (and acknowledge) messages; prints one body per line.
+    Receive {
+        destination: String,
+        #[arg(long, default_value = URL_DEFAULT)]
+        url: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// A durable subscription name (topics).
+        #[arg(long)]
+        durable: Option<String>,
+        /// Stop after this long without a message (0 = wait forever).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        prefetch: u32,
+    },
+    /// Show each server's state, epoch, destinations and journal.
+    Status {
+        /// Admin endpoints to ask (default: the local pair's).
+        #[arg(long)]
+        admin: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a server cleanly (flushes and closes its journal).
+    Shutdown {
+        #[arg(long, default_value = ADMIN_DEFAULT[0])]
+        admin: String,
+    },
     /// Run a benchmark beside the physical floor it is held to.
     Bench {
         #[command(subcommand)]
@@ -67,6 +131,42 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Server { profile } => server(&profile),
+        Command::Send {
+            destination,
+            body,
+            url,
+            count,
+            size,
+            non_persistent,
+            ttl_ms,
+            window,
+        } => {
+            let options = ProducerOptions {
+                window,
+                persistent: !non_persistent,
+                ttl_ms,
+                producer_id: None,
+            };
+            send(&url, &destination, body, size, count, options)
+        }
+        Command::Receive {
+            destination,
+            url,
+            count,
+            durable,
+            timeout_ms,
+            prefetch,
+        } => receive(
+            &url,
+            &destination,
+            count,
+            durable.as_deref(),
+            timeout_ms,
+            prefetch,
+        ),
+        Command::Status { admin, json } => status(&admin, json),
+        Command::Shutdown { admin } => shutdown(&admin),
         Command::Bench {
             what:
                 BenchCommand::Journal {
@@ -87,6 +187,168 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn server(profile: &std::path::Path) -> Result<(), String> {
+    let profile = twinmq::config::Profile::load(profile).map_err(|e| e.to_string())?;
+    twinmq::io::block_termination_signals().map_err(|e| format!("blocking signals: {e}"))?;
+    let server = twinmq::server::Server::start(&profile).map_err(|e| e.to_string())?;
+    let stop = server.stopper();
+    std::thread::Builder::new()
+        .name("twinmq-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = twinmq::io::wait_termination_signal() {
+                tracing::info!(signal, "termination signal: stopping cleanly");
+                stop();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    server.wait().map_err(|e| e.to_string())
+}
+
+fn send(
+    url: &str,
+    destination: &str,
+    body: Option<String>,
+    size: Option<usize>,
+    count: u64,
+    options: ProducerOptions,
+) -> Result<(), String> {
+    let client = Client::connect(url, ClientOptions::default()).map_err(|e| e.to_string())?;
+    let mut producer = client.producer(options);
+    let started = Instant::now();
+    for n in 1..=count {
+        let payload = match (&body, size) {
+            (_, Some(size)) => Bytes::from(vec![b'x'; size]),
+            (Some(body), None) => Bytes::from(body.replace("{n}", &n.to_string())),
+            (None, None) => Bytes::from(format!("message {n}")),
+        };
+        producer
+            .send(destination, Vec::new(), payload)
+            .map_err(|e| format!("send {n}: {e}"))?;
+    }
+    producer.flush().map_err(|e| e.to_string())?;
+    eprintln!(
+        "sent {count} message(s) to {destination} on {} (all acknowledged) in {:.3} s",
+        client.server_addr(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn receive(
+    url: &str,
+    destination: &str,
+    count: Option<u64>,
+    durable: Option<&str>,
+    timeout_ms: u64,
+    prefetch: u32,
+) -> Result<(), String> {
+    use std::io::Write;
+    let client = Client::connect(url, ClientOptions::default()).map_err(|e| e.to_string())?;
+    let subscription = client
+        .subscribe(destination, durable, prefetch)
+        .map_err(|e| e.to_string())?;
+    let wait = if timeout_ms == 0 {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_millis(timeout_ms)
+    };
+    let mut received = 0;
+    let stdout = std::io::stdout();
+    while count.is_none_or(|count| received < count) {
+        match subscription.receive(wait).map_err(|e| e.to_string())? {
+            Some(delivery) => {
+                let mut out = stdout.lock();
+                let _ = out.write_all(&delivery.body);
+                let _ = out.write_all(b"\n");
+                subscription.ack(&delivery).map_err(|e| e.to_string())?;
+                received += 1;
+            }
+            None if timeout_ms == 0 => continue,
+            None => break,
+        }
+    }
+    // A round trip makes sure the server has taken the last acknowledgement.
+    client.ping().map_err(|e| e.to_string())?;
+    eprintln!("received {received} message(s) from {destination}");
+    Ok(())
+}
+
+fn admin_addrs(admin: &[String]) -> Result<Vec<std::net::SocketAddr>, String> {
+    let list: Vec<String> = if admin.is_empty() {
+        ADMIN_DEFAULT.iter().map(|s| s.to_string()).collect()
+    } else {
+        admin.to_vec()
+    };
+    list.iter()
+        .map(|a| a.parse().map_err(|e| format!("--admin {a}: {e}")))
+        .collect()
+}
+
+fn status(admin: &[String], json: bool) -> Result<(), String> {
+    let mut reached = 0;
+    for addr in admin_addrs(admin)? {
+        match twinmq::admin::request(addr, "status") {
+            Ok(line) if json => {
+                reached += 1;
+                print!("{line}");
+            }
+            Ok(line) => {
+                reached += 1;
+                let status: twinmq::admin::Status = serde_json::from_str(&line)
+                    .map_err(|e| format!("{addr}: bad status answer: {e}"))?;
+                print_status(addr, &status);
+            }
+            Err(error) if json => println!(
+                "{}",
+                serde_json::json!({ "admin": addr.to_string(), "error": error.to_string() })
+            ),
+            Err(error) => println!("{addr}: unreachable ({error})"),
+        }
+    }
+    if reached == 0 {
+        return Err("no server answered".into());
+    }
+    Ok(())
+}
+
+fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
+    println!(
+        "{} (admin {addr}, clients {}): {} {}, epoch {}, pid {}, up {:.1} s",
+        s.server,
+        s.client_listen,
+        s.role,
+        s.state,
+        s.epoch,
+        s.pid,
+        s.uptime_ms as f64 / 1000.0
+    );
+    println!(
+        "  shards {}, connections {}, messages {}, journal {} segment(s) holding {} bytes, rss {:.1} MiB",
+        s.shards,
+        s.connections,
+        s.messages,
+        s.journal_segments,
+        s.journal_bytes,
+        s.rss_bytes as f64 / 1048576.0
+    );
+    for poisoned in &s.poisoned {
+        println!("  JOURNAL FAILED: {poisoned}");
+    }
+    for d in &s.destinations {
+        println!(
+            "  {:<40} depth {:>8}  consumers {:>4}  durable subscriptions {}",
+            d.destination, d.depth, d.consumers, d.durable_subscriptions
+        );
+    }
+}
+
+fn shutdown(admin: &str) -> Result<(), String> {
+    let addr = admin.parse().map_err(|e| format!("--admin {admin}: {e}"))?;
+    twinmq::admin::request(addr, "shutdown").map_err(|e| e.to_string())?;
+    eprintln!("shutdown requested on {addr}");
+    Ok(())
 }
 
 fn bench_journal(dir: PathBuf, seconds: f64, durability: &str, json: bool) -> Result<(), String> {

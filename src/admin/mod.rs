@@ -65,7 +65,12 @@ pub fn status(identity: &Identity, shared: &Shared) -> Status {
     let mut status = Status {
         server: identity.name.clone(),
         role: "single".into(),
-        state: if shared.stop.load(Ordering::Relaxed) { "STOPPING" } else { "ACTIVE" }.into(),
+        state: if shared.stop.load(Ordering::Relaxed) {
+            "STOPPING"
+        } else {
+            "ACTIVE"
+        }
+        .into(),
         epoch: identity.epoch.get(),
         pid: std::process::id(),
         uptime_ms: identity.started.elapsed().as_millis() as u64,
@@ -88,14 +93,18 @@ pub fn status(identity: &Identity, shared: &Shared) -> Status {
         status.journal_bytes += stats.journal_end - stats.journal_start;
         status.journal_segments += stats.journal_segments;
         status.poisoned.extend(stats.poisoned.clone());
-        status.destinations.extend(stats.destinations.iter().map(|d| DestinationStatus {
-            destination: d.destination.to_string(),
-            depth: d.depth,
-            consumers: d.consumers,
-            durable_subscriptions: d.durable_subscriptions,
-        }));
+        status
+            .destinations
+            .extend(stats.destinations.iter().map(|d| DestinationStatus {
+                destination: d.destination.to_string(),
+                depth: d.depth,
+                consumers: d.consumers,
+                durable_subscriptions: d.durable_subscriptions,
+            }));
     }
-    status.destinations.sort_by(|a, b| a.destination.cmp(&b.destination));
+    status
+        .destinations
+        .sort_by(|a, b| a.destination.cmp(&b.destination));
     status
 }
 
@@ -120,7 +129,9 @@ pub fn serve(
                             tracing::debug!(%error, "admin request failed");
                         }
                     }
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(POLL)
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "admin accept failed");
                         std::thread::sleep(POLL);
@@ -131,7 +142,12 @@ pub fn serve(
         .expect("spawn admin thread")
 }
 
-fn answer(stream: TcpStream, identity: &Identity, shared: &Shared, wakers: &[Arc<crate::io::EventFd>]) -> std::io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    identity: &Identity,
+    shared: &Shared,
+    wakers: &[Arc<crate::io::EventFd>],
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;

@@ -136,3 +136,37 @@ impl EventFd {
         self.fd.as_raw_fd()
     }
 }
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it
+/// spawns afterwards, so that `wait_termination_signal` can take them.
+pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: the sigset is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (blocked first with
+/// `block_termination_signals`) and returns its number.
+pub fn wait_termination_signal() -> io::Result<i32> {
+    // SAFETY: the sigset is initialised by sigemptyset before use; sigwait
+    // writes the signal number into a live i32.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut signal = 0;
+        match libc::sigwait(&set, &mut signal) {
+            0 => Ok(signal),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}

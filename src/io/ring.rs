@@ -214,7 +214,11 @@ impl Ring {
 
     /// Submits and waits for at least `want` completions or until `timeout`
     /// passes, whichever comes first.
-    pub fn submit_and_wait_timeout(&mut self, want: usize, timeout: std::time::Duration) -> io::Result<()> {
+    pub fn submit_and_wait_timeout(
+        &mut self,
+        want: usize,
+        timeout: std::time::Duration,
+    ) -> io::Result<()> {
         let ts = io_uring::types::Timespec::from(timeout);
         let args = io_uring::types::SubmitArgs::new().timespec(&ts);
         loop {

@@ -8,7 +8,7 @@ use crate::config::Profile;
 use crate::ids::{Epoch, ShardId};
 use crate::journal::{Journal, JournalError};
 use crate::protocol::Limits;
-use crate::shard::{self, Shared, ShardConfig, ShardError, mesh};
+use crate::shard::{self, ShardConfig, ShardError, Shared, mesh};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,9 +28,16 @@ pub enum ServerError {
     #[error(transparent)]
     Ring(#[from] crate::io::RingError),
     #[error("cannot create data directory {}: {source}", path.display())]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("shard {shard} journal in {}: {source}", path.display())]
-    Journal { shard: usize, path: PathBuf, source: JournalError },
+    Journal {
+        shard: usize,
+        path: PathBuf,
+        source: JournalError,
+    },
     #[error("{0}")]
     Listen(std::io::Error),
     #[error(transparent)]
@@ -66,7 +73,10 @@ impl Server {
         crate::io::probe()?;
         let shards = profile.server.shard_count();
         let data_dir = profile.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
         let dead_letter = profile
             .broker
             .dead_letter_queue
@@ -83,14 +93,22 @@ impl Server {
         let mut brokers = Vec::with_capacity(shards);
         for index in 0..shards {
             let path = data_dir.join(format!("shard-{index:03}"));
-            let journal_error = |source| ServerError::Journal { shard: index, path: path.clone(), source };
+            let journal_error = |source| ServerError::Journal {
+                shard: index,
+                path: path.clone(),
+                source,
+            };
             let journal = Journal::open(&path, profile.journal.options()).map_err(journal_error)?;
             let mut broker = Broker::new(ShardId(index as u16), settings.clone());
             let records = shard::recover(&journal, &mut broker).map_err(journal_error)?;
             let report = journal.recovery_report();
             tracing::info!(
-                shard = index, records, messages = broker.message_count(),
-                start = report.start.get(), end = report.end.get(), torn = report.torn.is_some(),
+                shard = index,
+                records,
+                messages = broker.message_count(),
+                start = report.start.get(),
+                end = report.end.get(),
+                torn = report.torn.is_some(),
                 "recovered shard journal"
             );
             journals.push(journal);
@@ -99,14 +117,21 @@ impl Server {
         let epoch = Epoch(journals.iter().map(|j| j.epoch().get()).max().unwrap_or(0) + 1);
 
         let socket = profile.net.client.clone();
-        let first = crate::net::listen(profile.server.client_listen, &socket, true).map_err(ServerError::Listen)?;
+        let first = crate::net::listen(profile.server.client_listen, &socket, true)
+            .map_err(ServerError::Listen)?;
         let client_addr = first.local_addr().map_err(ServerError::Listen)?;
         let mut listeners = vec![first];
         for _ in 1..shards {
-            listeners.push(crate::net::listen(client_addr, &socket, true).map_err(ServerError::Listen)?);
+            listeners
+                .push(crate::net::listen(client_addr, &socket, true).map_err(ServerError::Listen)?);
         }
-        let admin_listener = std::net::TcpListener::bind(profile.server.admin_listen)
-            .map_err(|e| ServerError::Listen(std::io::Error::new(e.kind(), format!("admin endpoint {}: {e}", profile.server.admin_listen))))?;
+        let admin_listener =
+            std::net::TcpListener::bind(profile.server.admin_listen).map_err(|e| {
+                ServerError::Listen(std::io::Error::new(
+                    e.kind(),
+                    format!("admin endpoint {}: {e}", profile.server.admin_listen),
+                ))
+            })?;
         let admin_addr = admin_listener.local_addr().map_err(ServerError::Listen)?;
 
         let meshes = mesh::build(shards, MESH_QUEUE_CAPACITY).map_err(ServerError::Listen)?;
@@ -145,12 +170,24 @@ impl Server {
             started: Instant::now(),
             shards,
         };
-        let admin = admin::serve(admin_listener, identity.clone(), shared.clone(), wakers.clone());
+        let admin = admin::serve(
+            admin_listener,
+            identity.clone(),
+            shared.clone(),
+            wakers.clone(),
+        );
         tracing::info!(
             server = %identity.name, %client_addr, %admin_addr, shards, epoch = epoch.get(),
             "Server switched to ACTIVE"
         );
-        Ok(Server { shared, wakers, threads, admin: Some(admin), identity, admin_addr })
+        Ok(Server {
+            shared,
+            wakers,
+            threads,
+            admin: Some(admin),
+            identity,
+            admin_addr,
+        })
     }
 
     pub fn client_addr(&self) -> SocketAddr {

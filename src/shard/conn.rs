@@ -96,7 +96,11 @@ impl Conn {
     /// Sends an ERROR and closes once it is out.
     pub fn fail(&mut self, code: ErrorCode, text: String) {
         tracing::debug!(conn = self.id.seq, ?code, %text, "closing client connection");
-        self.write_frame(&Frame::Error(ErrorFrame { request_id: 0, code, text }));
+        self.write_frame(&Frame::Error(ErrorFrame {
+            request_id: 0,
+            code,
+            text,
+        }));
         if self.closing == Closing::Open {
             self.closing = Closing::AfterFlush;
         }
@@ -104,7 +108,10 @@ impl Conn {
 
     pub fn check_deadline(&mut self, now: Instant) {
         if !self.welcomed && self.closing == Closing::Open && now >= self.deadline {
-            self.fail(ErrorCode::HandshakeTimeout, "no HELLO within the handshake deadline".into());
+            self.fail(
+                ErrorCode::HandshakeTimeout,
+                "no HELLO within the handshake deadline".into(),
+            );
         }
     }
 
@@ -117,26 +124,41 @@ impl Conn {
     /// Encodes a broker output for this connection.
     pub fn write_output(&mut self, output: Output, epoch: Epoch) {
         let frame = match output {
-            Output::SendAck { producer_id, sequence, message, .. } => Frame::SendAck(protocol::SendAck {
+            Output::SendAck {
+                producer_id,
+                sequence,
+                message,
+                ..
+            } => Frame::SendAck(protocol::SendAck {
                 producer_id,
                 sequence,
                 epoch: epoch.get(),
                 message_id: message.0,
                 duplicate: false,
             }),
-            Output::Deliver { to, message, delivery_count, destination, persistent, data } => {
-                Frame::Deliver(protocol::Deliver {
-                    subscription_id: to.subscription,
-                    message_id: message.0,
-                    delivery_count,
-                    destination: destination.to_string(),
-                    persistent,
-                    headers: data.headers.clone(),
-                    body: data.body.clone(),
-                })
-            }
+            Output::Deliver {
+                to,
+                message,
+                delivery_count,
+                destination,
+                persistent,
+                data,
+            } => Frame::Deliver(protocol::Deliver {
+                subscription_id: to.subscription,
+                message_id: message.0,
+                delivery_count,
+                destination: destination.to_string(),
+                persistent,
+                headers: data.headers.clone(),
+                body: data.body.clone(),
+            }),
             Output::Ok { request_id, .. } => Frame::Ok(protocol::OkFrame { request_id }),
-            Output::Refused { request_id, refusal, text, .. } => Frame::Error(ErrorFrame {
+            Output::Refused {
+                request_id,
+                refusal,
+                text,
+                ..
+            } => Frame::Error(ErrorFrame {
                 request_id,
                 code: refusal_code(refusal),
                 text,
@@ -149,7 +171,11 @@ impl Conn {
     /// Arms the receive and the send as needed; closes when due.
     pub fn start_io(&mut self, ring: &mut Ring) -> std::io::Result<()> {
         let fd = types::Fd(self.stream.as_raw_fd());
-        if self.closing == Closing::AfterFlush && !self.send_in_flight && self.sending.is_empty() && self.wbuf.is_empty() {
+        if self.closing == Closing::AfterFlush
+            && !self.send_in_flight
+            && self.sending.is_empty()
+            && self.wbuf.is_empty()
+        {
             self.closing = Closing::Now;
         }
         if self.closing == Closing::Now {
@@ -201,7 +227,13 @@ impl Conn {
     }
 
     /// Takes a receive completion: decodes whole frames into requests.
-    pub fn received(&mut self, result: i32, limits: &Limits, now_ms: u64, requests: &mut Vec<Request>) {
+    pub fn received(
+        &mut self,
+        result: i32,
+        limits: &Limits,
+        now_ms: u64,
+        requests: &mut Vec<Request>,
+    ) {
         self.recv_in_flight = false;
         if result <= 0 {
             // 0: the client closed; < 0: reset or cancelled by our shutdown.
@@ -236,7 +268,11 @@ impl Conn {
     }
 
     fn refuse(&mut self, request_id: u64, code: ErrorCode, text: String) {
-        self.write_frame(&Frame::Error(ErrorFrame { request_id, code, text }));
+        self.write_frame(&Frame::Error(ErrorFrame {
+            request_id,
+            code,
+            text,
+        }));
     }
 
     fn parse(&mut self, request_id: u64, text: &str) -> Option<Destination> {
@@ -250,7 +286,10 @@ impl Conn {
     }
 
     fn consumer(&self, subscription: u32) -> ConsumerKey {
-        ConsumerKey { conn: self.id, subscription }
+        ConsumerKey {
+            conn: self.id,
+            subscription,
+        }
     }
 
     fn frame(&mut self, frame: Frame, now_ms: u64, requests: &mut Vec<Request>) {
@@ -262,35 +301,62 @@ impl Conn {
                 }
                 Frame::Hello(hello) => self.fail(
                     ErrorCode::UnsupportedVersion,
-                    format!("protocol version {} is not supported (this server speaks {})", hello.version, protocol::PROTOCOL_VERSION),
+                    format!(
+                        "protocol version {} is not supported (this server speaks {})",
+                        hello.version,
+                        protocol::PROTOCOL_VERSION
+                    ),
                 ),
-                other => self.fail(ErrorCode::HandshakeRequired, format!("the first frame must be HELLO, not {}", other.name())),
+                other => self.fail(
+                    ErrorCode::HandshakeRequired,
+                    format!("the first frame must be HELLO, not {}", other.name()),
+                ),
             }
             return;
         }
         match frame {
             Frame::Send(send) => {
-                let Some(destination) = self.parse(send.sequence, &send.destination) else { return };
-                let expires_at_ms = if send.ttl_ms > 0 { now_ms.saturating_add(send.ttl_ms) } else { 0 };
+                let Some(destination) = self.parse(send.sequence, &send.destination) else {
+                    return;
+                };
+                let expires_at_ms = if send.ttl_ms > 0 {
+                    now_ms.saturating_add(send.ttl_ms)
+                } else {
+                    0
+                };
                 let command = Command::Send(SendCommand {
                     destination: destination.clone(),
                     producer_id: send.producer_id,
                     sequence: send.sequence,
                     persistent: send.persistent,
                     expires_at_ms,
-                    data: Arc::new(MessageData { headers: send.headers, body: send.body }),
-                    after: Some(AfterDurable::Ack { to: self.id, producer_id: send.producer_id, sequence: send.sequence }),
+                    data: Arc::new(MessageData {
+                        headers: send.headers,
+                        body: send.body,
+                    }),
+                    after: Some(AfterDurable::Ack {
+                        to: self.id,
+                        producer_id: send.producer_id,
+                        sequence: send.sequence,
+                    }),
                 });
                 requests.push(Request::Broker(destination, command));
             }
             Frame::Subscribe(subscribe) => {
-                let Some(destination) = self.parse(subscribe.request_id, &subscribe.destination) else { return };
+                let Some(destination) = self.parse(subscribe.request_id, &subscribe.destination)
+                else {
+                    return;
+                };
                 if self.subscriptions.contains_key(&subscribe.subscription_id) {
-                    let text = format!("subscription {} is already in use on this connection", subscribe.subscription_id);
+                    let text = format!(
+                        "subscription {} is already in use on this connection",
+                        subscribe.subscription_id
+                    );
                     self.refuse(subscribe.request_id, ErrorCode::SubscriptionExists, text);
                     return;
                 }
-                self.subscriptions.insert(subscribe.subscription_id, destination.clone());
+                self.subscriptions
+                    .insert(subscribe.subscription_id, destination.clone());
                 let command = Command::Subscribe {
                     consumer: self.consumer(subscribe.subscription_id),
                     request_id: subscribe.request_id,
@@ -301,7 +367,8 @@ impl Conn {
                 requests.push(Request::Broker(destination, command));
             }
             Frame::Unsubscribe(unsubscribe) => {
-                let Some(destination) = self.subscriptions.remove(&unsubscribe.subscription_id) else {
+                let Some(destination) = self.subscriptions.remove(&unsubscribe.subscription_id)
+                else {
                     let text = format!("no subscription {}", unsubscribe.subscription_id);
                     self.refuse(unsubscribe.request_id, ErrorCode::NoSuchSubscription, text);
                     return;
@@ -314,11 +381,20 @@ impl Conn {
                 };
                 requests.push(Request::Broker(destination, command));
             }
-            Frame::Ack(protocol::Ack { subscription_id, message_id }) | Frame::Nack(protocol::Nack { subscription_id, message_id })
-                if !self.subscriptions.contains_key(&subscription_id) =>
-            {
+            Frame::Ack(protocol::Ack {
+                subscription_id,
+                message_id,
+            })
+            | Frame::Nack(protocol::Nack {
+                subscription_id,
+                message_id,
+            }) if !self.subscriptions.contains_key(&subscription_id) => {
                 let _ = message_id;
-                self.refuse(0, ErrorCode::NoSuchSubscription, format!("no subscription {subscription_id}"));
+                self.refuse(
+                    0,
+                    ErrorCode::NoSuchSubscription,
+                    format!("no subscription {subscription_id}"),
+                );
             }
             Frame::Ack(ack) => {
                 let destination = self.subscriptions[&ack.subscription_id].clone();
@@ -339,17 +415,34 @@ impl Conn {
                 requests.push(Request::Broker(destination, command));
             }
             Frame::Create(create) => {
-                let Some(destination) = self.parse(create.request_id, &create.destination) else { return };
-                let command = Command::Create { from: self.id, request_id: create.request_id, destination: destination.clone() };
+                let Some(destination) = self.parse(create.request_id, &create.destination) else {
+                    return;
+                };
+                let command = Command::Create {
+                    from: self.id,
+                    request_id: create.request_id,
+                    destination: destination.clone(),
+                };
                 requests.push(Request::Broker(destination, command));
             }
             Frame::Delete(delete) => {
-                let Some(destination) = self.parse(delete.request_id, &delete.destination) else { return };
-                let command = Command::Delete { from: self.id, request_id: delete.request_id, destination: destination.clone() };
+                let Some(destination) = self.parse(delete.request_id, &delete.destination) else {
+                    return;
+                };
+                let command = Command::Delete {
+                    from: self.id,
+                    request_id: delete.request_id,
+                    destination: destination.clone(),
+                };
                 requests.push(Request::Broker(destination, command));
             }
-            Frame::Ping(ping) => self.write_frame(&Frame::Pong(protocol::Pong { token: ping.token })),
-            other => self.fail(ErrorCode::MalformedFrame, format!("a client may not send {}", other.name())),
+            Frame::Ping(ping) => {
+                self.write_frame(&Frame::Pong(protocol::Pong { token: ping.token }))
+            }
+            other => self.fail(
+                ErrorCode::MalformedFrame,
+                format!("a client may not send {}", other.name()),
+            ),
         }
     }
 

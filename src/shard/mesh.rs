@@ -80,7 +80,11 @@ impl Mesh {
     /// Queues `msg` for shard `to` (never this shard).
     pub fn send(&mut self, to: ShardId, msg: ShardMsg) {
         let to = usize::from(to.0);
-        assert_ne!(to, usize::from(self.me.0), "local messages do not cross the mesh");
+        assert_ne!(
+            to,
+            usize::from(self.me.0),
+            "local messages do not cross the mesh"
+        );
         self.overflow[to].push_back(msg);
     }
 
@@ -88,7 +92,9 @@ impl Mesh {
     /// once per loop turn so a burst costs one wake-up per peer.
     pub fn flush(&mut self) {
         for to in 0..self.overflow.len() {
-            let Some(producer) = self.outgoing[to].as_mut() else { continue };
+            let Some(producer) = self.outgoing[to].as_mut() else {
+                continue;
+            };
             while let Some(msg) = self.overflow[to].pop_front() {
                 match producer.push(msg) {
                     Ok(()) => self.to_wake[to] = true,
@@ -129,7 +135,10 @@ mod tests {
     use crate::ids::{ConnId, ShardId};
 
     fn msg(seq: u64) -> ShardMsg {
-        ShardMsg::Command(Command::Disconnected(ConnId { shard: ShardId(0), seq }))
+        ShardMsg::Command(Command::Disconnected(ConnId {
+            shard: ShardId(0),
+            seq,
+        }))
     }
 
     fn seq(msg: &ShardMsg) -> u64 {

@@ -99,7 +99,9 @@ impl Shared {
     pub fn new(shards: usize) -> Arc<Shared> {
         Arc::new(Shared {
             stop: AtomicBool::new(false),
-            stats: (0..shards).map(|_| Mutex::new(ShardStats::default())).collect(),
+            stats: (0..shards)
+                .map(|_| Mutex::new(ShardStats::default()))
+                .collect(),
         })
     }
 }
@@ -127,7 +129,10 @@ impl Store for JournalStore<'_> {
         self.scratch.clear();
         record.encode(self.scratch);
         match self.journal.append(record.kind(), self.epoch, self.scratch) {
-            Ok(offset) => Ok((offset, offset + (RECORD_HEADER_BYTES + self.scratch.len()) as u64)),
+            Ok(offset) => Ok((
+                offset,
+                offset + (RECORD_HEADER_BYTES + self.scratch.len()) as u64,
+            )),
             Err(JournalError::Full) => Err(StoreError::Full),
             Err(other) => Err(StoreError::Failed(other.to_string())),
         }
@@ -135,7 +140,9 @@ impl Store for JournalStore<'_> {
 
     fn read_message(&mut self, offset: Offset) -> Result<MessageRecord, StoreError> {
         let mut reader = RecordReader::new(offset);
-        let failed = |e: &dyn std::fmt::Display| StoreError::Failed(format!("reading message at {offset}: {e}"));
+        let failed = |e: &dyn std::fmt::Display| {
+            StoreError::Failed(format!("reading message at {offset}: {e}"))
+        };
         let record = reader.next_record(self.journal).map_err(|e| failed(&e))?;
         let record = record.ok_or_else(|| failed(&"not durable"))?;
         match BrokerRecord::decode(record.header.kind, record.payload) {
@@ -170,7 +177,7 @@ pub fn recover(journal: &Journal, broker: &mut Broker) -> Result<u64, JournalErr
                     segment: String::new(),
                     offset: offset.get(),
                     reason: error.to_string(),
-                })
+                });
             }
         }
     }
@@ -232,7 +239,9 @@ pub fn run(
         completions: Vec::new(),
     };
     shard.start()?;
-    shard.event_loop().map_err(|source| ShardError::Ring { shard: id, source })
+    shard
+        .event_loop()
+        .map_err(|source| ShardError::Ring { shard: id, source })
 }
 
 impl Shard {
@@ -266,7 +275,11 @@ impl Shard {
             }
             self.flush_connections()?;
             self.mesh.flush();
-            let timeout = if self.mesh.has_overflow() { Duration::from_millis(1) } else { TICK };
+            let timeout = if self.mesh.has_overflow() {
+                Duration::from_millis(1)
+            } else {
+                TICK
+            };
             self.ring.submit_and_wait_timeout(1, timeout)?;
             self.completions.clear();
             self.ring.reap(&mut self.completions);
@@ -297,18 +310,26 @@ impl Shard {
     /// Keeps the accept and wake-up reads armed.
     fn arm(&mut self) -> std::io::Result<()> {
         if !self.wake_armed {
-            let entry = opcode::Read::new(types::Fd(self.mesh.waker().as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
-                .build()
-                .user_data(Token::new(Owner::Wake, 0).0);
+            let entry = opcode::Read::new(
+                types::Fd(self.mesh.waker().as_raw_fd()),
+                self.wake_buf.as_mut_ptr(),
+                8,
+            )
+            .build()
+            .user_data(Token::new(Owner::Wake, 0).0);
             // SAFETY: wake_buf is boxed (stable) and lives as long as the shard.
             unsafe { self.ring.push(&entry)? };
             self.wake_armed = true;
         }
         if self.accepting && !self.accept_armed && self.conns.len() < self.config.max_connections {
-            let entry = opcode::Accept::new(types::Fd(self.listener.as_raw_fd()), std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-                .user_data(Token::new(Owner::Accept, 0).0);
+            let entry = opcode::Accept::new(
+                types::Fd(self.listener.as_raw_fd()),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::new(Owner::Accept, 0).0);
             // SAFETY: the listener outlives the shard loop; no buffers.
             unsafe { self.ring.push(&entry)? };
             self.accept_armed = true;
@@ -349,7 +370,9 @@ impl Shard {
         let me = self.config.id;
         for output in std::mem::take(&mut self.outputs) {
             let target = match &output {
-                Output::SendAck { to, .. } | Output::Ok { to, .. } | Output::Refused { to, .. } => Some(to.shard),
+                Output::SendAck { to, .. } | Output::Ok { to, .. } | Output::Refused { to, .. } => {
+                    Some(to.shard)
+                }
                 Output::Deliver { to, .. } => Some(to.conn.shard),
                 Output::Route(_) | Output::ToShard { .. } => None,
             };
@@ -377,7 +400,9 @@ impl Shard {
     /// Encodes an output for one of this shard's connections.
     fn send_to_connection(&mut self, output: Output) {
         let conn_seq = match &output {
-            Output::SendAck { to, .. } | Output::Ok { to, .. } | Output::Refused { to, .. } => to.seq,
+            Output::SendAck { to, .. } | Output::Ok { to, .. } | Output::Refused { to, .. } => {
+                to.seq
+            }
             Output::Deliver { to, .. } => to.conn.seq,
             _ => return,
         };
@@ -421,9 +446,16 @@ impl Shard {
             }
             Some(Owner::Recv) => {
                 let seq = token.id();
-                let Some(conn) = self.conns.get_mut(&seq) else { return Ok(()) };
+                let Some(conn) = self.conns.get_mut(&seq) else {
+                    return Ok(());
+                };
                 let mut requests = Vec::new();
-                conn.received(completion.result, &self.config.limits, now_ms(), &mut requests);
+                conn.received(
+                    completion.result,
+                    &self.config.limits,
+                    now_ms(),
+                    &mut requests,
+                );
                 for request in requests {
                     self.request(seq, request);
                 }
@@ -445,13 +477,19 @@ impl Shard {
         use std::os::fd::FromRawFd;
         // SAFETY: the kernel just gave us this descriptor; we own it now.
         let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-        if let Err(error) = crate::net::configure(&socket2::SockRef::from(&stream), &self.config.socket) {
+        if let Err(error) =
+            crate::net::configure(&socket2::SockRef::from(&stream), &self.config.socket)
+        {
             tracing::warn!(%error, "could not apply socket options to a client connection");
         }
         self.next_conn += 1;
         let seq = self.next_conn;
-        let id = crate::ids::ConnId { shard: self.config.id, seq };
-        let deadline = Instant::now() + Duration::from_millis(u64::from(self.config.socket.handshake_timeout_ms));
+        let id = crate::ids::ConnId {
+            shard: self.config.id,
+            seq,
+        };
+        let deadline = Instant::now()
+            + Duration::from_millis(u64::from(self.config.socket.handshake_timeout_ms));
         let mut conn = Conn::new(id, stream, deadline, self.config.limits.frame_bytes_max);
         if self.conns.len() >= self.config.max_connections {
             conn.fail(ErrorCode::TooManyConnections, "too many connections".into());
@@ -508,9 +546,15 @@ impl Shard {
     }
 
     fn note_poison(&mut self, cause: &str) {
-        let mut stats = self.shared.stats[usize::from(self.config.id.0)].lock().expect("stats lock");
+        let mut stats = self.shared.stats[usize::from(self.config.id.0)]
+            .lock()
+            .expect("stats lock");
         if stats.poisoned.is_none() {
-            tracing::error!(shard = self.config.id.0, cause, "journal failed: this shard acknowledges nothing more");
+            tracing::error!(
+                shard = self.config.id.0,
+                cause,
+                "journal failed: this shard acknowledges nothing more"
+            );
             stats.poisoned = Some(cause.to_owned());
         }
     }
@@ -526,7 +570,9 @@ impl Shard {
             cached_bytes: self.broker.cached_bytes(),
             poisoned: self.journal.poisoned().map(|c| c.to_string()),
         };
-        *self.shared.stats[usize::from(self.config.id.0)].lock().expect("stats lock") = stats;
+        *self.shared.stats[usize::from(self.config.id.0)]
+            .lock()
+            .expect("stats lock") = stats;
     }
 
     /// Clean stop: stop accepting, make everything appended durable, send

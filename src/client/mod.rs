@@ -1,0 +1,638 @@
+//! The Rust client: a blocking API over one connection — producers with
+//! pipelined sends (a window of outstanding sends, a completion for each),
+//! subscriptions with prefetch and acknowledgements, and destination
+//! management.
+//!
+//! A connection has a reader thread that decodes frames and files them under
+//! the producer, subscription or request they answer; callers block on a
+//! condition variable with a deadline. The durable connection of a later
+//! issue (failover, outbox, replay) wraps this type rather than replacing it.
+
+use crate::net::SocketOptions;
+use crate::protocol::{self, ErrorCode, Frame, Limits};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Request ids start here so they never collide with producer sequences,
+/// which the server also uses as the request id of an ERROR about a send.
+const REQUEST_ID_BASE: u64 = 1 << 63;
+/// Default port when a URL names a host only.
+const PORT_DEFAULT: u16 = 1856;
+
+/// What can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad server URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("could not connect to any of {addrs}: {last}")]
+    Connect { addrs: String, last: String },
+    #[error("server refused: {code} ({text})")]
+    Refused { code: ErrorCode, text: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connection lost: {0}")]
+    Closed(String),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] protocol::ProtocolError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub client_id: String,
+    pub username: String,
+    pub password: Vec<u8>,
+    pub socket: SocketOptions,
+    /// How long a request (handshake, subscribe, create…) may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            client_id: format!("twinmq-client-{}", std::process::id()),
+            username: String::new(),
+            password: Vec::new(),
+            socket: SocketOptions::default(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parses `twinmq://host:port[,host:port…]` into addresses, in order.
+pub fn parse_url(url: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let bad = |why: &str| ClientError::BadUrl {
+        url: url.to_owned(),
+        why: why.to_owned(),
+    };
+    let rest = url
+        .strip_prefix("twinmq://")
+        .ok_or_else(|| bad("must start with twinmq://"))?;
+    let mut addrs = Vec::new();
+    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let with_port = if part.contains(':') {
+            part.to_owned()
+        } else {
+            format!("{part}:{PORT_DEFAULT}")
+        };
+        let resolved = with_port
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("{part}: {e}")))?;
+        addrs.extend(resolved.take(1));
+    }
+    if addrs.is_empty() {
+        return Err(bad("names no server"));
+    }
+    Ok(addrs)
+}
+
+/// The acknowledgement of one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendAck {
+    pub sequence: u64,
+    pub epoch: u64,
+    pub message_id: u64,
+    pub duplicate: bool,
+}
+
+/// A message delivered to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message_id: u64,
+    pub delivery_count: u32,
+    pub destination: String,
+    pub persistent: bool,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Completed sends by (producer, sequence), not yet taken.
+    acks: HashMap<(u64, u64), Result<SendAck, ClientError>>,
+    replies: HashMap<u64, Result<(), ClientError>>,
+    /// Sends the server refused, by sequence (an ERROR about a send names
+    /// only the sequence, so producers on one connection should not reuse
+    /// each other's sequences).
+    send_errors: HashMap<u64, ClientError>,
+    deliveries: HashMap<u32, VecDeque<Delivery>>,
+    /// Why the connection is gone, once it is.
+    lost: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    writer: Mutex<TcpStream>,
+    state: Mutex<State>,
+    changed: Condvar,
+    next_request: AtomicU64,
+    next_subscription: AtomicU32,
+    welcome: protocol::Welcome,
+    server: SocketAddr,
+    options: ClientOptions,
+}
+
+/// A connection to a server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to the first server of `url` that accepts the handshake.
+    pub fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let addrs = parse_url(url)?;
+        let mut last = String::from("no address tried");
+        for addr in &addrs {
+            match Client::connect_addr(*addr, options.clone()) {
+                Ok(client) => return Ok(client),
+                Err(error) => last = format!("{addr}: {error}"),
+            }
+        }
+        let addrs = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        Err(ClientError::Connect { addrs, last })
+    }
+
+    /// Connects to one server.
+    pub fn connect_addr(addr: SocketAddr, options: ClientOptions) -> Result<Client, ClientError> {
+        let stream = crate::net::connect(addr, &options.socket)?;
+        stream.set_read_timeout(Some(options.request_timeout))?;
+        let hello = Frame::Hello(protocol::Hello {
+            magic: protocol::MAGIC,
+            version: protocol::PROTOCOL_VERSION,
+            client_id: options.client_id.clone(),
+            username: options.username.clone(),
+            password: Bytes::from(options.password.clone()),
+        });
+        let mut buf = Vec::new();
+        hello.encode(&mut buf)?;
+        (&stream).write_all(&buf)?;
+        let mut reader = FrameReader::new(stream.try_clone()?);
+        let welcome = match reader.next()? {
+            Frame::Welcome(welcome) => welcome,
+            Frame::Error(error) => {
+                return Err(ClientError::Refused {
+                    code: error.code,
+                    text: error.text,
+                });
+            }
+            Frame::NotActive(not_active) => {
+                return Err(ClientError::Refused {
+                    code: ErrorCode::NotServing,
+                    text: format!("server is not active; active is {:?}", not_active.active),
+                });
+            }
+            other => {
+                return Err(ClientError::Closed(format!(
+                    "expected WELCOME, got {}",
+                    other.name()
+                )));
+            }
+        };
+        stream.set_read_timeout(None)?;
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(stream),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            next_request: AtomicU64::new(REQUEST_ID_BASE),
+            next_subscription: AtomicU32::new(1),
+            welcome,
+            server: addr,
+            options,
+        });
+        let reader_inner = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("twinmq-client-reader".into())
+            .spawn(move || read_loop(reader, reader_inner))
+            .map_err(ClientError::Io)?;
+        Ok(Client { inner })
+    }
+
+    /// The server's epoch when the connection was made.
+    pub fn epoch(&self) -> u64 {
+        self.inner.welcome.epoch
+    }
+
+    pub fn server_id(&self) -> &str {
+        &self.inner.welcome.server_id
+    }
+
+    pub fn server_addr(&self) -> SocketAddr {
+        self.inner.server
+    }
+
+    fn write(&self, frame: &Frame) -> Result<(), ClientError> {
+        let mut buf = Vec::new();
+        frame.encode(&mut buf)?;
+        let mut writer = self.inner.writer.lock().expect("writer lock");
+        writer
+            .write_all(&buf)
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().expect("client state lock")
+    }
+
+    /// Waits on the state until `ready` returns something or the deadline.
+    fn wait<T>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state();
+        loop {
+            if let Some(value) = ready(&mut state) {
+                return Ok(value);
+            }
+            if let Some(lost) = &state.lost {
+                return Err(ClientError::Closed(lost.clone()));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout(timeout));
+            }
+            state = self
+                .inner
+                .changed
+                .wait_timeout(state, deadline - now)
+                .expect("client state lock")
+                .0;
+        }
+    }
+
+    fn request(&self, make: impl FnOnce(u64) -> Frame) -> Result<(), ClientError> {
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.write(&make(id))?;
+        self.wait(self.inner.options.request_timeout, |state| {
+            state.replies.remove(&id)
+        })?
+    }
+
+    /// Creates a destination (`/queue/NAME` or `/topic/NAME`).
+    pub fn create(&self, destination: &str) -> Result<(), ClientError> {
+        self.request(|request_id| {
+            Frame::Create(protocol::Create {
+                request_id,
+                destination: destination.to_owned(),
+            })
+        })
+    }
+
+    /// Deletes a destination and everything on it.
+    pub fn delete(&self, destination: &str) -> Result<(), ClientError> {
+        self.request(|request_id| {
+            Frame::Delete(protocol::Delete {
+                request_id,
+                destination: destination.to_owned(),
+            })
+        })
+    }
+
+    /// A producer with up to `window` sends awaiting acknowledgement.
+    pub fn producer(&self, options: ProducerOptions) -> Producer {
+        Producer {
+            client: self.clone(),
+            id: options.producer_id.unwrap_or_else(random_id),
+            next_sequence: 1,
+            outstanding: VecDeque::new(),
+            options,
+        }
+    }
+
+    /// Subscribes to a queue or topic (`durable`: a named durable topic
+    /// subscription). `prefetch` 0 takes the server's default.
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        durable: Option<&str>,
+        prefetch: u32,
+    ) -> Result<Subscription, ClientError> {
+        let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
+        self.state().deliveries.insert(id, VecDeque::new());
+        let result = self.request(|request_id| {
+            Frame::Subscribe(protocol::Subscribe {
+                request_id,
+                subscription_id: id,
+                destination: destination.to_owned(),
+                durable_name: durable.map(str::to_owned),
+                prefetch,
+            })
+        });
+        if let Err(error) = result {
+            self.state().deliveries.remove(&id);
+            return Err(error);
+        }
+        Ok(Subscription {
+            client: self.clone(),
+            id,
+        })
+    }
+
+    /// Round trip to the server.
+    pub fn ping(&self) -> Result<(), ClientError> {
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.write(&Frame::Ping(protocol::Ping { token: id }))?;
+        self.wait(self.inner.options.request_timeout, |state| {
+            state.replies.remove(&id)
+        })?
+    }
+
+    /// Closes the connection (unacknowledged deliveries go back to their queue).
+    pub fn close(&self) {
+        let writer = self.inner.writer.lock().expect("writer lock");
+        let _ = writer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn random_id() -> u64 {
+    // RandomState is seeded from the OS per process: unique enough for an id.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id().into());
+    hasher.finish()
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    /// Sends in flight before `send` waits for the oldest acknowledgement.
+    pub window: usize,
+    pub persistent: bool,
+    /// Time to live in ms; 0 = forever.
+    pub ttl_ms: u64,
+    /// A stable id (kept across reconnects by the durable connection);
+    /// random when `None`.
+    pub producer_id: Option<u64>,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        ProducerOptions {
+            window: 64,
+            persistent: true,
+            ttl_ms: 0,
+            producer_id: None,
+        }
+    }
+}
+
+/// Sends messages, pipelined.
+#[derive(Debug)]
+pub struct Producer {
+    client: Client,
+    id: u64,
+    next_sequence: u64,
+    outstanding: VecDeque<u64>,
+    options: ProducerOptions,
+}
+
+impl Producer {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends without waiting for the acknowledgement, unless the window is
+    /// full: then it waits for the oldest, which it returns. Returns the
+    /// sequence of this send too.
+    pub fn send(
+        &mut self,
+        destination: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Result<(u64, Option<SendAck>), ClientError> {
+        let completed = if self.outstanding.len() >= self.options.window.max(1) {
+            Some(self.wait_oldest()?)
+        } else {
+            None
+        };
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.client.write(&Frame::Send(protocol::Send {
+            producer_id: self.id,
+            sequence,
+            destination: destination.to_owned(),
+            persistent: self.options.persistent,
+            ttl_ms: self.options.ttl_ms,
+            ack_mode: protocol::AckMode::Default,
+            headers,
+            body,
+        }))?;
+        self.outstanding.push_back(sequence);
+        Ok((sequence, completed))
+    }
+
+    /// Sends and waits for the acknowledgement.
+    pub fn send_and_wait(
+        &mut self,
+        destination: &str,
+        body: Bytes,
+    ) -> Result<SendAck, ClientError> {
+        self.send(destination, Vec::new(), body)?;
+        let mut last = None;
+        while !self.outstanding.is_empty() {
+            last = Some(self.wait_oldest()?);
+        }
+        Ok(last.expect("one send outstanding"))
+    }
+
+    /// Waits for the oldest outstanding send's acknowledgement.
+    pub fn wait_oldest(&mut self) -> Result<SendAck, ClientError> {
+        let sequence = *self
+            .outstanding
+            .front()
+            .ok_or_else(|| ClientError::Closed("nothing outstanding".into()))?;
+        let key = (self.id, sequence);
+        let result = self
+            .client
+            .wait(self.client.inner.options.request_timeout, |state| {
+                state
+                    .acks
+                    .remove(&key)
+                    .or_else(|| state.send_errors.remove(&sequence).map(Err))
+            })?;
+        self.outstanding.pop_front();
+        result
+    }
+
+    /// Sends awaiting acknowledgement.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Waits for every outstanding acknowledgement.
+    pub fn flush(&mut self) -> Result<Vec<SendAck>, ClientError> {
+        let mut acks = Vec::with_capacity(self.outstanding.len());
+        while !self.outstanding.is_empty() {
+            acks.push(self.wait_oldest()?);
+        }
+        Ok(acks)
+    }
+}
+
+/// Receives messages of one subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    client: Client,
+    id: u32,
+}
+
+impl Subscription {
+    /// The next delivery, or `None` if none came within `timeout`.
+    pub fn receive(&self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
+        match self.client.wait(timeout, |state| {
+            state.deliveries.get_mut(&self.id)?.pop_front()
+        }) {
+            Ok(delivery) => Ok(Some(delivery)),
+            Err(ClientError::Timeout(_)) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Settles a delivery: it will never be delivered again.
+    pub fn ack(&self, delivery: &Delivery) -> Result<(), ClientError> {
+        self.client.write(&Frame::Ack(protocol::Ack {
+            subscription_id: self.id,
+            message_id: delivery.message_id,
+        }))
+    }
+
+    /// Gives a delivery back for redelivery.
+    pub fn nack(&self, delivery: &Delivery) -> Result<(), ClientError> {
+        self.client.write(&Frame::Nack(protocol::Nack {
+            subscription_id: self.id,
+            message_id: delivery.message_id,
+        }))
+    }
+
+    /// Ends the subscription; `remove_durable` also deletes a durable
+    /// subscription and what it holds.
+    pub fn unsubscribe(self, remove_durable: bool) -> Result<(), ClientError> {
+        let id = self.id;
+        let result = self.client.request(|request_id| {
+            Frame::Unsubscribe(protocol::Unsubscribe {
+                request_id,
+                subscription_id: id,
+                remove_durable,
+            })
+        });
+        self.client.state().deliveries.remove(&id);
+        result
+    }
+}
+
+/// Reads whole frames from a blocking stream.
+struct FrameReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    len: usize,
+    limits: Limits,
+}
+
+impl FrameReader {
+    fn new(stream: TcpStream) -> FrameReader {
+        FrameReader {
+            stream,
+            buf: vec![0; 64 * 1024],
+            len: 0,
+            limits: Limits::default(),
+        }
+    }
+
+    fn next(&mut self) -> Result<Frame, ClientError> {
+        use std::io::Read;
+        loop {
+            if let Some((frame, used)) = protocol::decode(&self.buf[..self.len], &self.limits)? {
+                self.buf.copy_within(used..self.len, 0);
+                self.len -= used;
+                return Ok(frame);
+            }
+            if self.len >= 4 {
+                let need =
+                    4 + u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+                if need > self.buf.len() {
+                    self.buf.resize(need, 0);
+                }
+            }
+            let n = self.stream.read(&mut self.buf[self.len..])?;
+            if n == 0 {
+                return Err(ClientError::Closed("server closed the connection".into()));
+            }
+            self.len += n;
+        }
+    }
+}
+
+fn read_loop(mut reader: FrameReader, inner: std::sync::Weak<Inner>) {
+    loop {
+        let frame = reader.next();
+        let Some(inner) = inner.upgrade() else { return };
+        let mut state = inner.state.lock().expect("client state lock");
+        match frame {
+            Ok(Frame::SendAck(ack)) => {
+                let done = SendAck {
+                    sequence: ack.sequence,
+                    epoch: ack.epoch,
+                    message_id: ack.message_id,
+                    duplicate: ack.duplicate,
+                };
+                state.acks.insert((ack.producer_id, ack.sequence), Ok(done));
+            }
+            Ok(Frame::Deliver(d)) => {
+                if let Some(queue) = state.deliveries.get_mut(&d.subscription_id) {
+                    queue.push_back(Delivery {
+                        message_id: d.message_id,
+                        delivery_count: d.delivery_count,
+                        destination: d.destination,
+                        persistent: d.persistent,
+                        headers: d.headers,
+                        body: d.body,
+                    });
+                }
+            }
+            Ok(Frame::Ok(ok)) => {
+                state.replies.insert(ok.request_id, Ok(()));
+            }
+            Ok(Frame::Pong(pong)) => {
+                state.replies.insert(pong.token, Ok(()));
+            }
+            Ok(Frame::Error(error)) => {
+                let refused = || ClientError::Refused {
+                    code: error.code,
+                    text: error.text.clone(),
+                };
+                if error.request_id >= REQUEST_ID_BASE {
+                    state.replies.insert(error.request_id, Err(refused()));
+                } else if error.request_id == 0 {
+                    state.lost = Some(format!("server error: {} ({})", error.code, error.text));
+                } else {
+                    state.send_errors.insert(error.request_id, refused());
+                }
+            }
+            Ok(other) => {
+                state.lost = Some(format!("unexpected {} from the server", other.name()));
+            }
+            Err(error) => {
+                state.lost = Some(error.to_string());
+            }
+        }
+        let lost = state.lost.is_some();
+        drop(state);
+        inner.changed.notify_all();
+        if lost {
+            return;
+        }
+    }
+}
