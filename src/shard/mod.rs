@@ -412,9 +412,18 @@ impl Shard {
         }
     }
 
+    /// Arms every connection's I/O, and reaps those that closed (a close
+    /// with nothing in flight produces no completion to reap it on).
     fn flush_connections(&mut self) -> std::io::Result<()> {
-        for conn in self.conns.values_mut() {
+        let mut finished = Vec::new();
+        for (seq, conn) in &mut self.conns {
             conn.start_io(&mut self.ring)?;
+            if conn.finished() {
+                finished.push(*seq);
+            }
+        }
+        for seq in finished {
+            self.reap_if_closed(seq);
         }
         Ok(())
     }
