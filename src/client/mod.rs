@@ -140,7 +140,17 @@ struct Inner {
     options: ClientOptions,
 }
 
-/// A connection to a server.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The reader thread holds its own handle of the socket; shutting it
+        // down ends that thread and closes the connection for the server.
+        if let Ok(writer) = self.writer.lock() {
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A connection to a server. Clones share it; it closes when the last goes.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,

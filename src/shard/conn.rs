@@ -24,13 +24,11 @@ const RECV_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a shutting-down server tries to hand a connection its last bytes.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What a connection asks of its shard.
+/// A command for the broker that owns `destination`.
 #[derive(Debug)]
-pub enum Request {
-    /// The handshake succeeded: answer WELCOME.
-    Hello,
-    /// A command for the broker owning the destination.
-    Broker(Destination, Command),
+pub struct Request {
+    pub destination: Destination,
+    pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +58,18 @@ pub struct Conn {
     subscriptions: HashMap<u32, Destination>,
     closing: Closing,
     shut: bool,
-    frame_bytes_max: u32,
+    /// The answer to a good HELLO, written by the connection itself so that
+    /// it precedes anything else the connection says.
+    welcome: protocol::Welcome,
 }
 
 impl Conn {
-    pub fn new(id: ConnId, stream: TcpStream, deadline: Instant, frame_bytes_max: u32) -> Conn {
+    pub fn new(
+        id: ConnId,
+        stream: TcpStream,
+        deadline: Instant,
+        welcome: protocol::Welcome,
+    ) -> Conn {
         Conn {
             id,
             stream,
@@ -80,7 +85,7 @@ impl Conn {
             subscriptions: HashMap::new(),
             closing: Closing::Open,
             shut: false,
-            frame_bytes_max,
+            welcome,
         }
     }
 
@@ -261,7 +266,7 @@ impl Conn {
         // already checked against the limit by `decode`).
         if self.rlen >= 4 {
             let need = 4 + u32::from_le_bytes(self.rbuf[..4].try_into().expect("4 bytes")) as usize;
-            if need > self.rbuf.len() && need <= self.frame_bytes_max as usize + 4 {
+            if need > self.rbuf.len() && need <= limits.frame_bytes_max as usize + 4 {
                 self.rbuf.resize(need, 0);
             }
         }
@@ -297,7 +302,7 @@ impl Conn {
             match frame {
                 Frame::Hello(hello) if hello.version == protocol::PROTOCOL_VERSION => {
                     self.welcomed = true;
-                    requests.push(Request::Hello);
+                    self.write_frame(&Frame::Welcome(self.welcome.clone()));
                 }
                 Frame::Hello(hello) => self.fail(
                     ErrorCode::UnsupportedVersion,
@@ -340,7 +345,10 @@ impl Conn {
                         sequence: send.sequence,
                     }),
                 });
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Subscribe(subscribe) => {
                 let Some(destination) = self.parse(subscribe.request_id, &subscribe.destination)
@@ -364,7 +372,10 @@ impl Conn {
                     durable_name: subscribe.durable_name,
                     prefetch: subscribe.prefetch,
                 };
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Unsubscribe(unsubscribe) => {
                 let Some(destination) = self.subscriptions.remove(&unsubscribe.subscription_id)
@@ -379,7 +390,10 @@ impl Conn {
                     destination: destination.clone(),
                     remove_durable: unsubscribe.remove_durable,
                 };
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Ack(protocol::Ack {
                 subscription_id,
@@ -403,7 +417,10 @@ impl Conn {
                     destination: destination.clone(),
                     message: MessageId(ack.message_id),
                 };
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Nack(nack) => {
                 let destination = self.subscriptions[&nack.subscription_id].clone();
@@ -412,7 +429,10 @@ impl Conn {
                     destination: destination.clone(),
                     message: MessageId(nack.message_id),
                 };
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Create(create) => {
                 let Some(destination) = self.parse(create.request_id, &create.destination) else {
@@ -423,7 +443,10 @@ impl Conn {
                     request_id: create.request_id,
                     destination: destination.clone(),
                 };
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Delete(delete) => {
                 let Some(destination) = self.parse(delete.request_id, &delete.destination) else {
@@ -434,7 +457,10 @@ impl Conn {
                     request_id: delete.request_id,
                     destination: destination.clone(),
                 };
-                requests.push(Request::Broker(destination, command));
+                requests.push(Request {
+                    destination,
+                    command,
+                });
             }
             Frame::Ping(ping) => {
                 self.write_frame(&Frame::Pong(protocol::Pong { token: ping.token }))

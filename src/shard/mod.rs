@@ -466,7 +466,8 @@ impl Shard {
                     &mut requests,
                 );
                 for request in requests {
-                    self.request(seq, request);
+                    let owner = owner(&request.destination, self.config.shards);
+                    self.send_to_shard(owner, request.command);
                 }
                 self.reap_if_closed(seq);
             }
@@ -499,32 +500,17 @@ impl Shard {
         };
         let deadline = Instant::now()
             + Duration::from_millis(u64::from(self.config.socket.handshake_timeout_ms));
-        let mut conn = Conn::new(id, stream, deadline, self.config.limits.frame_bytes_max);
+        let welcome = crate::protocol::Welcome {
+            version: crate::protocol::PROTOCOL_VERSION,
+            server_id: self.config.server_name.clone(),
+            epoch: self.config.epoch.get(),
+            frame_bytes_max: self.config.limits.frame_bytes_max,
+        };
+        let mut conn = Conn::new(id, stream, deadline, welcome);
         if self.conns.len() >= self.config.max_connections {
             conn.fail(ErrorCode::TooManyConnections, "too many connections".into());
         }
         self.conns.insert(seq, conn);
-    }
-
-    /// Handles what a connection asked for.
-    fn request(&mut self, seq: u64, request: conn::Request) {
-        match request {
-            conn::Request::Hello => {
-                let welcome = crate::protocol::Frame::Welcome(crate::protocol::Welcome {
-                    version: crate::protocol::PROTOCOL_VERSION,
-                    server_id: self.config.server_name.clone(),
-                    epoch: self.config.epoch.get(),
-                    frame_bytes_max: self.config.limits.frame_bytes_max,
-                });
-                if let Some(conn) = self.conns.get_mut(&seq) {
-                    conn.write_frame(&welcome);
-                }
-            }
-            conn::Request::Broker(destination, command) => {
-                let owner = owner(&destination, self.config.shards);
-                self.send_to_shard(owner, command);
-            }
-        }
     }
 
     /// Removes a connection whose socket is closed and has no operation in
