@@ -126,3 +126,20 @@ fn malformed_input_gets_an_error_and_a_closed_connection() {
         || server.status().connections == 0,
     );
 }
+
+#[test]
+fn a_message_larger_than_one_journal_batch_is_refused_up_front() {
+    // batch_bytes_max is 256 KiB in test profiles.
+    let server = ServerProcess::start(1, "");
+    let client = twinmq::client::Client::connect(&server.url(), Default::default()).unwrap();
+    let mut producer = client.producer(Default::default());
+    let error = producer
+        .send_and_wait("/queue/big", bytes::Bytes::from(vec![0u8; 300 * 1024]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("frame too large") || error.contains("exceeds"),
+        "{error}"
+    );
+    still_serving(&server);
+}

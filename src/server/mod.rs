@@ -134,6 +134,14 @@ impl Server {
             })?;
         let admin_addr = admin_listener.local_addr().map_err(ServerError::Listen)?;
 
+        // A message's journal record is never larger than its SEND frame,
+        // so this limit (advertised in WELCOME) keeps every accepted message
+        // within one journal batch.
+        let journal_limit = profile.journal.batch_bytes_max - crate::constants::RECORD_HEADER_BYTES;
+        let limits = Limits {
+            frame_bytes_max: Limits::default().frame_bytes_max.min(journal_limit as u32),
+            ..Limits::default()
+        };
         let meshes = mesh::build(shards, MESH_QUEUE_CAPACITY).map_err(ServerError::Listen)?;
         let wakers = meshes[0].all_wakers();
         let shared = Shared::new(shards);
@@ -152,7 +160,7 @@ impl Server {
                 epoch,
                 socket: socket.clone(),
                 max_connections,
-                limits: Limits::default(),
+                limits,
                 settings: settings.clone(),
                 segment_bytes: profile.journal.segment_bytes,
             };
