@@ -97,6 +97,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// End to end through a server process: window-1 latency, throughput,
+    /// backlog memory, each beside the disk's flush floor.
+    Broker {
+        #[arg(long, default_value = "data/bench-broker")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Unconsumed messages to queue for the memory figure (0 = skip).
+        #[arg(long, default_value_t = 0)]
+        backlog: u64,
+        /// Server shards (0 = one per CPU).
+        #[arg(long, default_value_t = 0)]
+        shards: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Journal durable bandwidth and latency vs. the disk's flush floor.
     Journal {
         /// Directory to measure in (on the disk the journal will use).
@@ -176,6 +198,30 @@ fn main() -> ExitCode {
                     json,
                 },
         } => bench_journal(dir, seconds, &durability, json),
+        Command::Bench {
+            what:
+                BenchCommand::Broker {
+                    dir,
+                    seconds,
+                    producers,
+                    window,
+                    size,
+                    backlog,
+                    shards,
+                    json,
+                },
+        } => bench_broker(
+            bench::broker::Config {
+                dir,
+                seconds,
+                producers,
+                window,
+                body_bytes: size,
+                backlog,
+                shards,
+            },
+            json,
+        ),
         Command::Journal {
             what: JournalCommand::Check { dir },
         } => journal_check(&dir),
@@ -348,6 +394,28 @@ fn shutdown(admin: &str) -> Result<(), String> {
     let addr = admin.parse().map_err(|e| format!("--admin {admin}: {e}"))?;
     twinmq::admin::request(addr, "shutdown").map_err(|e| e.to_string())?;
     eprintln!("shutdown requested on {addr}");
+    Ok(())
+}
+
+fn bench_broker(config: bench::broker::Config, json: bool) -> Result<(), String> {
+    if !(config.seconds > 0.0 && config.seconds.is_finite()) {
+        return Err(format!(
+            "--seconds: {} is not a positive number",
+            config.seconds
+        ));
+    }
+    if config.producers == 0 || config.window == 0 {
+        return Err("--producers and --window must be at least 1".into());
+    }
+    let report = bench::broker::run(&config).map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("serialize report")
+        );
+    } else {
+        print!("{}", bench::broker::render_table(&report));
+    }
     Ok(())
 }
 

@@ -179,6 +179,17 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
     })
 }
 
+/// The 4 KiB overwrite + fdatasync latency of a fresh zero-filled file in
+/// `dir`: the floor every durable acknowledgement is held to.
+pub fn flush_floor(dir: &Path, budget: Duration) -> Result<Latency, BenchError> {
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let path = dir.join("flush-floor");
+    make_zeroed(&path, FLOOR_FILE_BYTES)?;
+    let latency = flush_4k(&path, budget, u64::MAX);
+    let _ = fs::remove_file(&path);
+    latency
+}
+
 fn make_zeroed(path: &Path, bytes: u64) -> Result<(), BenchError> {
     let file = File::create(path).map_err(io_error(path))?;
     io::write_zeros(&file, 0, bytes).map_err(io_error(path))?;

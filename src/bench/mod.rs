@@ -2,6 +2,7 @@
 //! physical floor measured in the same run on the same directory, and reports
 //! the ratio, because the machines these run on are shared and noisy.
 
+pub mod broker;
 pub mod journal;
 
 use hdrhistogram::Histogram;
@@ -26,6 +27,13 @@ impl Latency {
     pub fn record(&mut self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.histogram.saturating_record(nanos);
+    }
+
+    /// Adds another recorder's samples.
+    pub fn merge(&mut self, other: &Latency) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("same histogram bounds");
     }
 
     /// The `quantile` (0..=1) in microseconds.

@@ -27,7 +27,7 @@ use crate::ids::{ConnId, MessageId, Offset, ShardId};
 use crate::protocol::{Destination, DestinationKind};
 use bytes::Bytes;
 use records::{BrokerRecord, MessageRecord};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Broker behaviour a profile sets.
@@ -282,10 +282,10 @@ enum Dest {
     Topic(Topic),
 }
 
-/// What a retained journal record is still needed for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Live {
-    Message,
+/// A create record that stays needed while its destination or durable
+/// subscription exists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Meta {
     Destination(Destination),
     Subscription(Destination, String),
 }
@@ -310,9 +310,12 @@ pub struct Broker {
     messages: HashMap<MessageId, Stored>,
     /// Journal records still needed, by offset; the journal may release
     /// everything below the first.
-    live: BTreeMap<Offset, Live>,
+    live_messages: BTreeSet<Offset>,
+    /// Create records of destinations and durable subscriptions still in
+    /// force, by offset (few; kept apart so a message costs 8 bytes here).
+    live_meta: BTreeMap<Offset, Meta>,
     /// Where each destination's / subscription's create record is.
-    meta_offsets: HashMap<Live, Offset>,
+    meta_offsets: HashMap<Meta, Offset>,
     /// What waits for the journal to be durable past an offset: an output
     /// to emit, and the destination whose message became deliverable.
     pending: VecDeque<(Offset, Option<AfterDurable>, MessageId, Destination)>,
@@ -323,16 +326,6 @@ pub struct Broker {
     cached_bytes: usize,
 }
 
-impl std::hash::Hash for Live {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        match self {
-            Live::Message => 0u8.hash(state),
-            Live::Destination(d) => (1u8, d).hash(state),
-            Live::Subscription(d, n) => (2u8, d, n).hash(state),
-        }
-    }
-}
-
 impl Broker {
     pub fn new(shard: ShardId, settings: BrokerSettings) -> Broker {
         Broker {
@@ -340,7 +333,8 @@ impl Broker {
             settings,
             destinations: BTreeMap::new(),
             messages: HashMap::new(),
-            live: BTreeMap::new(),
+            live_messages: BTreeSet::new(),
+            live_meta: BTreeMap::new(),
             meta_offsets: HashMap::new(),
             pending: VecDeque::new(),
             next_volatile: 0,
@@ -356,7 +350,12 @@ impl Broker {
     /// The journal may release every segment below this offset: no record
     /// before it is needed any more. `None` when nothing is needed.
     pub fn release_point(&self) -> Option<Offset> {
-        self.live.keys().next().copied()
+        let message = self.live_messages.first().copied();
+        let meta = self.live_meta.keys().next().copied();
+        match (message, meta) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Bytes of message data held in memory.
@@ -438,7 +437,7 @@ impl Broker {
             }
             BrokerRecord::DestinationCreate(destination) => {
                 self.ensure_in_memory(&destination);
-                self.set_meta(Live::Destination(destination), offset);
+                self.set_meta(Meta::Destination(destination), offset);
             }
             BrokerRecord::DestinationDelete(destination) => self.drop_destination(&destination),
             BrokerRecord::SubscriptionCreate { topic, name } => {
@@ -446,7 +445,7 @@ impl Broker {
                 if let Some(Dest::Topic(t)) = self.destinations.get_mut(&topic) {
                     t.durable.entry(name.clone()).or_default();
                 }
-                self.set_meta(Live::Subscription(topic, name), offset);
+                self.set_meta(Meta::Subscription(topic, name), offset);
             }
             BrokerRecord::SubscriptionDelete { topic, name } => self.drop_durable(&topic, &name),
         }
@@ -464,16 +463,16 @@ impl Broker {
             });
     }
 
-    fn set_meta(&mut self, live: Live, offset: Offset) {
-        if let Some(old) = self.meta_offsets.insert(live.clone(), offset) {
-            self.live.remove(&old);
+    fn set_meta(&mut self, meta: Meta, offset: Offset) {
+        if let Some(old) = self.meta_offsets.insert(meta.clone(), offset) {
+            self.live_meta.remove(&old);
         }
-        self.live.insert(offset, live);
+        self.live_meta.insert(offset, meta);
     }
 
-    fn clear_meta(&mut self, live: &Live) {
-        if let Some(old) = self.meta_offsets.remove(live) {
-            self.live.remove(&old);
+    fn clear_meta(&mut self, meta: &Meta) {
+        if let Some(old) = self.meta_offsets.remove(meta) {
+            self.live_meta.remove(&old);
         }
     }
 
@@ -553,7 +552,7 @@ impl Broker {
                             t.durable.insert(name.clone(), MessageQueue::default());
                         }
                         self.set_meta(
-                            Live::Subscription(destination.clone(), name.clone()),
+                            Meta::Subscription(destination.clone(), name.clone()),
                             offset,
                         );
                     }
@@ -644,7 +643,7 @@ impl Broker {
                     let (offset, _) =
                         store.append(&BrokerRecord::DestinationCreate(destination.clone()))?;
                     self.ensure_in_memory(destination);
-                    self.set_meta(Live::Destination(destination.clone()), offset);
+                    self.set_meta(Meta::Destination(destination.clone()), offset);
                 }
                 out.push(Output::Ok {
                     to: *from,
@@ -745,7 +744,7 @@ impl Broker {
         }
         let (offset, _) = store.append(&BrokerRecord::DestinationCreate(destination.clone()))?;
         self.ensure_in_memory(destination);
-        self.set_meta(Live::Destination(destination.clone()), offset);
+        self.set_meta(Meta::Destination(destination.clone()), offset);
         Ok(true)
     }
 
@@ -775,7 +774,7 @@ impl Broker {
             let (offset, _) =
                 store.append(&BrokerRecord::DestinationCreate(send.destination.clone()))?;
             self.ensure_in_memory(&send.destination);
-            self.set_meta(Live::Destination(send.destination.clone()), offset);
+            self.set_meta(Meta::Destination(send.destination.clone()), offset);
         }
         let durable_holders = match &self.destinations[&send.destination] {
             Dest::Queue(_) => 1,
@@ -868,8 +867,8 @@ impl Broker {
             },
         );
         if durable_refs > 0 {
-            self.live
-                .insert(offset.expect("durable refs need a record"), Live::Message);
+            self.live_messages
+                .insert(offset.expect("durable refs need a record"));
         }
     }
 
@@ -884,7 +883,7 @@ impl Broker {
             if stored.durable_refs == 0
                 && let Some(offset) = id.offset()
             {
-                self.live.remove(&offset);
+                self.live_messages.remove(&offset);
             }
         }
         if stored.refs == 0 {
@@ -1264,21 +1263,21 @@ impl Broker {
         distance: u64,
         store: &mut dyn Store,
     ) -> Handled {
-        while let Some((&offset, live)) = self.live.iter().next() {
-            if end.get().saturating_sub(offset.get()) <= distance {
+        while let Some((&offset, meta)) = self.live_meta.iter().next() {
+            let pinned_by_message = self.live_messages.first().is_some_and(|&m| m < offset);
+            if pinned_by_message || end.get().saturating_sub(offset.get()) <= distance {
                 break;
             }
-            let record = match live {
-                Live::Message => break,
-                Live::Destination(d) => BrokerRecord::DestinationCreate(d.clone()),
-                Live::Subscription(t, n) => BrokerRecord::SubscriptionCreate {
+            let record = match meta {
+                Meta::Destination(d) => BrokerRecord::DestinationCreate(d.clone()),
+                Meta::Subscription(t, n) => BrokerRecord::SubscriptionCreate {
                     topic: t.clone(),
                     name: n.clone(),
                 },
             };
-            let live = live.clone();
+            let meta = meta.clone();
             match store.append(&record) {
-                Ok((new_offset, _)) => self.set_meta(live, new_offset),
+                Ok((new_offset, _)) => self.set_meta(meta, new_offset),
                 Err(StoreError::Full) => return Handled::Retry,
                 Err(StoreError::Failed(_)) => return Handled::Done,
             }
@@ -1290,12 +1289,12 @@ impl Broker {
         let Some(dest) = self.destinations.remove(destination) else {
             return;
         };
-        self.clear_meta(&Live::Destination(destination.clone()));
+        self.clear_meta(&Meta::Destination(destination.clone()));
         let held: Vec<(MessageId, bool)> = match &dest {
             Dest::Queue(q) => q.all_messages().map(|id| (id, true)).collect(),
             Dest::Topic(t) => {
                 for name in t.durable.keys() {
-                    self.clear_meta(&Live::Subscription(destination.clone(), name.clone()));
+                    self.clear_meta(&Meta::Subscription(destination.clone(), name.clone()));
                 }
                 t.durable
                     .values()
@@ -1320,7 +1319,7 @@ impl Broker {
         let Some(queue) = t.durable.remove(name) else {
             return;
         };
-        self.clear_meta(&Live::Subscription(topic.clone(), name.to_owned()));
+        self.clear_meta(&Meta::Subscription(topic.clone(), name.to_owned()));
         for id in queue.all_messages().collect::<Vec<_>>() {
             self.release_ref(id, true);
         }
