@@ -242,3 +242,23 @@ fn closed_connections_are_released_and_their_deliveries_requeued() {
         (first.message_id, 2)
     );
 }
+
+#[test]
+fn consumed_messages_release_their_journal_segments() {
+    // 1 MiB segments in test profiles: 3000 x 1 KiB spans several.
+    let server = ServerProcess::start(1, "");
+    let c = client(&server);
+    let body = "x".repeat(1024);
+    send_all(&c, "/queue/big", std::iter::repeat_n(body, 3000));
+    server::wait_until(WAIT, "statistics to show the journal", || {
+        server.status().journal_segments >= 3
+    });
+    let grown = server.status().journal_segments;
+    let sub = c.subscribe("/queue/big", None, 256).unwrap();
+    take(&sub, 3000);
+    // Settlements are journaled; the next flushes release what they free.
+    send_all(&c, "/queue/other", vec!["nudge".to_owned()]);
+    server::wait_until(WAIT, "settled segments to be released", || {
+        server.status().journal_segments < grown
+    });
+}
