@@ -13,6 +13,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod constants;
+pub mod ha;
 pub mod ids;
 pub mod io;
 pub mod journal;
