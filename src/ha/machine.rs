@@ -19,9 +19,10 @@
 //! ─recovered─▶ ACTIVE; lock or majority lost ─▶ PASSIVE.
 //!
 //! The rules behind both: a server serves clients only while it holds the
-//! lock and a majority of {itself, peer, gateway}; every activation (and
-//! every fall-back to STANDALONE) starts a new, larger epoch, recorded in the
-//! lock file before serving; a server whose last *confirmed* epoch (the last
+//! lock and a majority of {itself, peer, gateway}; every activation, and
+//! every move into a state that acknowledges writes the peer lacks
+//! (STANDALONE, ACTIVE → ACTIVE_SYNC), starts a new, larger epoch, recorded
+//! in the lock file before serving; a server whose last *confirmed* epoch (the last
 //! one in which it was active, or a fully synchronised passive) is older
 //! than the lock file's may not become active on its own (stale replica)
 //! unless an operator forces it.
@@ -205,6 +206,9 @@ pub enum Input {
     Progress,
     /// Shared: the store is recovered (ACTIVATING is done).
     Recovered,
+    /// The epoch asked for with `WriteEpoch` is recorded in the lock file
+    /// and the journal. (A failed write comes back as `Lock(Lost)`.)
+    EpochWritten(Epoch),
     Operator(Operator),
 }
 
@@ -225,8 +229,8 @@ pub enum Action {
     TryLock,
     RevalidateLock,
     ReleaseLock,
-    /// Record a new epoch in the lock file and the journal (durably) before
-    /// serving in it.
+    /// Record a new epoch in the lock file and the journal (durably), then
+    /// answer `EpochWritten` — or `Lock(Lost)` if the write failed.
     WriteEpoch(Epoch),
     /// Persist that this server's history is complete up to this epoch.
     ConfirmEpoch(Epoch),
@@ -275,6 +279,16 @@ pub struct Machine {
     next_lock_try: Time,
     forced: bool,
     last_reason: String,
+    /// A new epoch asked for and the move waiting for it to be recorded.
+    pending: Option<(Epoch, Next)>,
+}
+
+/// A move that waits for its epoch to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Next {
+    to: State,
+    reason: &'static str,
+    then: Option<Action>,
 }
 
 /// A snapshot for status displays.
@@ -328,6 +342,7 @@ impl Machine {
             next_lock_try: first_try,
             forced: false,
             last_reason: "started".into(),
+            pending: None,
             config,
         }
     }
@@ -411,6 +426,7 @@ impl Machine {
                 }
             }
             Input::Progress => self.since = now,
+            Input::EpochWritten(epoch) => self.epoch_written(now, epoch, actions),
             Input::Recovered => {
                 if self.state == State::Activating {
                     self.transition(now, State::Active, "store recovered", actions);
@@ -481,7 +497,12 @@ impl Machine {
             self.next_lock_check = now + self.timings().active_lock_ms;
             actions.push(Action::RevalidateLock);
         }
-        if !self.lock_held && !self.lock_pending && now >= self.next_lock_try && self.wants_lock() {
+        if !self.lock_held
+            && !self.lock_pending
+            && self.pending.is_none()
+            && now >= self.next_lock_try
+            && self.wants_lock()
+        {
             self.lock_pending = true;
             actions.push(Action::TryLock);
         }
@@ -566,14 +587,23 @@ impl Machine {
                 // This server leads: take the lock now.
                 self.next_lock_try = now;
             }
-            State::Standalone | State::Active if self.peer_follows() && peer != State::Passive => {
-                self.transition(
-                    now,
-                    State::ActiveSync,
-                    "the peer is waiting for synchronisation",
-                    actions,
-                );
+            State::Standalone if self.peer_follows() => {
+                // STANDALONE already runs in an epoch the peer never confirmed.
+                let reason = "the peer is waiting for synchronisation";
+                self.transition(now, State::ActiveSync, reason, actions);
                 actions.push(Action::StartSync { sender: true });
+            }
+            // Only a peer that is really back to WAITING (not a late
+            // PASSIVE_SYNC heartbeat from before it became PASSIVE).
+            State::Active if peer == State::Waiting => {
+                // Writes acknowledged during the re-sync are missing on the
+                // peer: they must lie in an epoch the peer has not confirmed.
+                let next = Next {
+                    to: State::ActiveSync,
+                    reason: "the peer is waiting for synchronisation",
+                    then: Some(Action::StartSync { sender: true }),
+                };
+                self.start_epoch(next, actions);
             }
             State::PassiveSync if peer == State::Active => {
                 self.confirm(actions);
@@ -607,7 +637,8 @@ impl Machine {
 
     /// Records that this server's history is complete up to its epoch.
     fn confirm(&mut self, actions: &mut Vec<Action>) {
-        let epoch = self.stamp.epoch.max(self.peer.stamp.epoch);
+        // Only what this server's own journal holds.
+        let epoch = self.stamp.epoch;
         if epoch > self.confirmed {
             self.confirmed = epoch;
             actions.push(Action::ConfirmEpoch(epoch));
@@ -629,13 +660,12 @@ impl Machine {
             (Mode::Replicated, State::Active | State::ActiveSync) if majority => {
                 // Carry on alone, in a new epoch: the passive may now miss
                 // what this server acknowledges, so it must be stale from here.
-                self.start_epoch(actions);
-                self.transition(
-                    now,
-                    State::Standalone,
-                    "lost the peer; holding the lock and reaching the gateway",
-                    actions,
-                );
+                let next = Next {
+                    to: State::Standalone,
+                    reason: "lost the peer; holding the lock and reaching the gateway",
+                    then: None,
+                };
+                self.start_epoch(next, actions);
             }
             (Mode::Replicated, State::Active | State::ActiveSync) => {
                 self.fall_back(now, "lost the peer and the lock or the gateway", actions);
@@ -687,7 +717,9 @@ impl Machine {
                 self.epoch = self.epoch.max(file_epoch);
                 actions.push(Action::Log("Successfully acquired lock".into()));
                 self.acquired(now, file_epoch, actions);
-                if !self.serving() && self.state != State::Activating && self.lock_held {
+                let keep =
+                    self.serving() || self.state == State::Activating || self.pending.is_some();
+                if !keep && self.lock_held {
                     self.lock_held = false;
                     actions.push(Action::ReleaseLock);
                 }
@@ -711,9 +743,17 @@ impl Machine {
             }
             LockResult::Held => {}
             LockResult::Lost { reason } => {
-                self.lock_held = false;
+                // A move waiting for its epoch is off: it was never recorded.
+                self.pending = None;
                 if self.serving() || self.state == State::Activating {
                     self.fall_back(now, &format!("lost the lock: {reason}"), actions);
+                }
+                // Whatever failed, make sure it is let go: after a transient
+                // error the lock may still be ours, and the peer would wait
+                // for it forever.
+                if self.lock_held {
+                    self.lock_held = false;
+                    actions.push(Action::ReleaseLock);
                 }
             }
         }
@@ -722,7 +762,17 @@ impl Machine {
     /// The lock is ours: become active if every rule allows it.
     fn acquired(&mut self, now: Time, file_epoch: Epoch, actions: &mut Vec<Action>) {
         let majority = self.gateway_reachable || self.peer.link_up;
-        let stale = self.confirmed < file_epoch && !self.forced;
+        // One shared store is complete by definition: staleness is a
+        // replicated-mode notion.
+        // With the peer linked and a history at least as long as its own,
+        // this server holds everything either of them wrote: its history's
+        // epoch counts as confirmed. Alone, only the persisted confirmation does.
+        let confirmed = if self.peer.link_up && self.stamp >= self.peer.stamp {
+            self.confirmed.max(self.stamp.epoch)
+        } else {
+            self.confirmed
+        };
+        let stale = self.config.mode == Mode::Replicated && confirmed < file_epoch && !self.forced;
         let can_lead = match self.config.mode {
             Mode::Shared => self.state == State::Passive,
             Mode::Replicated => {
@@ -746,7 +796,7 @@ impl Machine {
             actions.push(Action::Log(format!(
                 "{} Server is a stale replica: its history is complete only to epoch {}, the lock file records epoch {}; \
                  it will not become active on its own (twinmq promote --force overrides and says what may be lost)",
-                self.config.role, self.confirmed, file_epoch
+                self.config.role, confirmed, file_epoch
             )));
             self.last_reason = "stale replica".into();
             self.next_lock_try = now + self.timings().passive_lock_ms;
@@ -756,41 +806,60 @@ impl Machine {
             return;
         }
         self.forced = false;
-        self.start_epoch(actions);
-        match (self.config.mode, self.peer.link_up) {
-            (Mode::Shared, _) => {
-                self.transition(now, State::Activating, "acquired the lock", actions);
-                actions.push(Action::Recover);
-            }
-            (Mode::Replicated, true) => {
-                self.transition(
-                    now,
-                    State::ActiveSync,
-                    "acquired the lock; the peer follows",
-                    actions,
-                );
-                actions.push(Action::StartSync { sender: true });
-            }
-            (Mode::Replicated, false) => {
-                self.transition(
-                    now,
-                    State::Standalone,
-                    "acquired the lock with no peer",
-                    actions,
-                );
-            }
-        }
+        let next = match (self.config.mode, self.peer.link_up) {
+            (Mode::Shared, _) => Next {
+                to: State::Activating,
+                reason: "acquired the lock",
+                then: Some(Action::Recover),
+            },
+            (Mode::Replicated, true) => Next {
+                to: State::ActiveSync,
+                reason: "acquired the lock; the peer follows",
+                then: Some(Action::StartSync { sender: true }),
+            },
+            (Mode::Replicated, false) => Next {
+                to: State::Standalone,
+                reason: "acquired the lock with no peer",
+                then: None,
+            },
+        };
+        self.start_epoch(next, actions);
     }
 
-    /// Starts a new epoch: larger than any seen, recorded before serving.
-    fn start_epoch(&mut self, actions: &mut Vec<Action>) {
+    /// Asks for a new epoch, larger than any seen, to be recorded (lock
+    /// file, then journal); `next` happens once it is (`EpochWritten`).
+    /// Nothing is confirmed or served in it before.
+    fn start_epoch(&mut self, next: Next, actions: &mut Vec<Action>) {
+        if let Some((_, pending)) = &mut self.pending {
+            // One epoch write at a time: the newest intention rides on it.
+            *pending = next;
+            return;
+        }
         let epoch = Epoch(self.epoch.get().max(self.stamp.epoch.get()) + 1);
         self.epoch = epoch;
-        self.stamp.epoch = epoch;
-        self.confirmed = epoch;
+        self.pending = Some((epoch, next));
         actions.push(Action::WriteEpoch(epoch));
+    }
+
+    /// The new epoch is recorded: confirm it and make the move it was for.
+    fn epoch_written(&mut self, now: Time, epoch: Epoch, actions: &mut Vec<Action>) {
+        if self
+            .pending
+            .as_ref()
+            .is_none_or(|(pending, _)| *pending != epoch)
+        {
+            return;
+        }
+        let (_, next) = self.pending.take().expect("checked");
+        if !self.lock_held {
+            return;
+        }
+        self.stamp.epoch = self.stamp.epoch.max(epoch);
+        self.confirmed = epoch;
+        self.next_lock_check = now + self.timings().active_lock_ms;
         actions.push(Action::ConfirmEpoch(epoch));
-        self.next_lock_check = 0;
+        self.transition(now, next.to, next.reason, actions);
+        actions.extend(next.then);
     }
 
     /// Stops serving (before the lock goes: the peer may promote the instant
@@ -800,6 +869,7 @@ impl Machine {
             Mode::Replicated => State::Waiting,
             Mode::Shared => State::Passive,
         };
+        self.pending = None;
         self.transition(now, to, reason, actions);
         if self.lock_held {
             self.lock_held = false;

@@ -47,10 +47,14 @@ fn step(m: &mut Machine, now: Time, input: Input) -> Vec<Action> {
         .collect()
 }
 
-fn logs(m: &mut Machine, now: Time, input: Input) -> Vec<String> {
+fn all(m: &mut Machine, now: Time, input: Input) -> Vec<Action> {
     let mut actions = Vec::new();
     m.step(now, input, &mut actions);
     actions
+}
+
+fn logs(m: &mut Machine, now: Time, input: Input) -> Vec<String> {
+    all(m, now, input)
         .into_iter()
         .filter_map(|a| match a {
             Action::Log(line) => Some(line),
@@ -69,13 +73,28 @@ fn acquired(epoch: u64) -> Input {
     })
 }
 
-/// A primary that went STANDALONE in epoch 2 at t = 250.
+fn written(epoch: u64) -> Input {
+    Input::EpochWritten(Epoch(epoch))
+}
+
+/// A primary that went STANDALONE in epoch 2 at t = 252.
 fn standalone() -> Machine {
     let mut m = primary();
     gateway_up(&mut m, 0);
     step(&mut m, 250, Input::Tick);
     step(&mut m, 251, acquired(1));
+    step(&mut m, 252, written(2));
     assert_eq!(m.state(), State::Standalone);
+    m
+}
+
+/// The standalone primary, joined by a waiting secondary and synchronised:
+/// ACTIVE in epoch 2 with the link up.
+fn active() -> Machine {
+    let mut m = standalone();
+    connect(&mut m, 300, State::Waiting, stamp(1, 100));
+    step(&mut m, 400, Input::SyncComplete);
+    assert_eq!(m.state(), State::Active);
     m
 }
 
@@ -115,13 +134,20 @@ fn waiting_without_peer_goes_standalone_with_lock_and_gateway_in_a_new_epoch() {
         vec![Action::PingGateway, Action::ConnectPeer]
     );
     assert_eq!(step(&mut m, 250, Input::Tick), vec![Action::TryLock]);
-    let mut actions = Vec::new();
-    m.step(251, acquired(1), &mut actions);
     assert_eq!(
-        actions,
+        all(&mut m, 251, acquired(1)),
         vec![
             Action::Log("Successfully acquired lock".into()),
-            Action::WriteEpoch(Epoch(2)),
+            Action::WriteEpoch(Epoch(2))
+        ]
+    );
+    assert!(
+        !m.serving(),
+        "nothing is served before the epoch is recorded"
+    );
+    assert_eq!(
+        all(&mut m, 260, written(2)),
+        vec![
             Action::ConfirmEpoch(Epoch(2)),
             Action::Log("Primary Server switched to STANDALONE".into()),
             Action::StartServing,
@@ -145,8 +171,7 @@ fn stale_secondary_refuses_standalone_until_forced() {
     let mut m = machine(Mode::Replicated, Role::Secondary, stamp(1, 100), 1);
     gateway_up(&mut m, 0);
     step(&mut m, 250, Input::Tick);
-    let mut actions = Vec::new();
-    m.step(251, acquired(2), &mut actions);
+    let actions = all(&mut m, 251, acquired(2));
     assert!(
         matches!(&actions[1], Action::Log(line) if line.contains("stale replica") && line.contains("epoch 2")),
         "{actions:?}"
@@ -158,11 +183,11 @@ fn stale_secondary_refuses_standalone_until_forced() {
     assert_eq!(step(&mut m, 301, Input::Tick), vec![Action::TryLock]);
     assert_eq!(
         step(&mut m, 302, acquired(2)),
-        vec![
-            Action::WriteEpoch(Epoch(3)),
-            Action::ConfirmEpoch(Epoch(3)),
-            Action::StartServing
-        ]
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+    assert_eq!(
+        step(&mut m, 303, written(3)),
+        vec![Action::ConfirmEpoch(Epoch(3)), Action::StartServing]
     );
     assert_eq!(m.state(), State::Standalone);
 }
@@ -170,18 +195,13 @@ fn stale_secondary_refuses_standalone_until_forced() {
 #[test]
 fn waiting_server_follows_a_serving_peer_through_passive_sync_to_passive() {
     let mut m = primary();
-    let mut actions = Vec::new();
-    m.step(
-        10,
-        Input::PeerConnected {
-            state: State::Standalone,
-            stamp: stamp(3, 900),
-            precedence: 1,
-        },
-        &mut actions,
-    );
+    let peer = Input::PeerConnected {
+        state: State::Standalone,
+        stamp: stamp(3, 900),
+        precedence: 1,
+    };
     assert_eq!(
-        actions,
+        all(&mut m, 10, peer),
         vec![
             Action::Log("Old status of remote server = DEAD".into()),
             Action::Log("New status of remote server = STANDALONE".into()),
@@ -229,21 +249,21 @@ fn both_waiting_the_newer_history_leads() {
         State::Waiting,
         "epoch beats offset: the secondary leads"
     );
+    let heartbeat = Action::SendHeartbeat {
+        state: State::Waiting,
+        stamp: stamp(2, 50),
+    };
     assert_eq!(
         step(&mut m, 11, Input::Tick),
-        vec![
-            Action::PingGateway,
-            Action::SendHeartbeat {
-                state: State::Waiting,
-                stamp: stamp(2, 50)
-            },
-            Action::TryLock
-        ]
+        vec![Action::PingGateway, heartbeat, Action::TryLock]
     );
     assert_eq!(
         step(&mut m, 12, acquired(2)),
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+    assert_eq!(
+        step(&mut m, 13, written(3)),
         vec![
-            Action::WriteEpoch(Epoch(3)),
             Action::ConfirmEpoch(Epoch(3)),
             Action::SendState {
                 state: State::ActiveSync,
@@ -255,12 +275,12 @@ fn both_waiting_the_newer_history_leads() {
         ]
     );
     assert_eq!(
-        step(&mut m, 13, Input::SyncComplete),
+        step(&mut m, 14, Input::SyncComplete),
         vec![Action::SendState {
             state: State::Active,
             previous: State::ActiveSync,
             stamp: stamp(3, 50)
-        },]
+        }]
     );
     assert_eq!(m.state(), State::Active);
 }
@@ -268,16 +288,15 @@ fn both_waiting_the_newer_history_leads() {
 #[test]
 fn both_waiting_with_equal_histories_the_primary_leads() {
     let mut secondary = machine(Mode::Replicated, Role::Secondary, stamp(2, 500), 2);
-    let actions = step(
-        &mut secondary,
-        10,
-        Input::PeerConnected {
-            state: State::Waiting,
-            stamp: stamp(2, 500),
-            precedence: 0,
-        },
+    let peer = Input::PeerConnected {
+        state: State::Waiting,
+        stamp: stamp(2, 500),
+        precedence: 0,
+    };
+    assert_eq!(
+        step(&mut secondary, 10, peer).last(),
+        Some(&Action::StartSync { sender: false })
     );
-    assert_eq!(actions.last(), Some(&Action::StartSync { sender: false }));
     assert_eq!(secondary.state(), State::PassiveSync);
 
     let mut primary = machine(Mode::Replicated, Role::Primary, stamp(2, 500), 2);
@@ -287,11 +306,23 @@ fn both_waiting_with_equal_histories_the_primary_leads() {
 }
 
 #[test]
+fn linked_leader_with_the_longer_history_is_not_stale_though_unconfirmed() {
+    // It holds everything the peer holds: the peer's stamp proves it.
+    let mut m = machine(Mode::Replicated, Role::Primary, stamp(3, 500), 2);
+    gateway_up(&mut m, 0);
+    connect(&mut m, 10, State::Waiting, stamp(3, 500));
+    step(&mut m, 11, Input::Tick);
+    assert_eq!(
+        step(&mut m, 12, acquired(3)),
+        vec![Action::WriteEpoch(Epoch(4))]
+    );
+}
+
+#[test]
 fn standalone_server_syncs_a_waiting_peer_then_becomes_active() {
     let mut m = standalone();
-    let actions = connect(&mut m, 300, State::Waiting, stamp(1, 100));
     assert_eq!(
-        actions,
+        connect(&mut m, 300, State::Waiting, stamp(1, 100)),
         vec![
             Action::SendState {
                 state: State::Standalone,
@@ -312,14 +343,34 @@ fn standalone_server_syncs_a_waiting_peer_then_becomes_active() {
 }
 
 #[test]
+fn active_resyncing_a_restarted_peer_does_so_in_a_new_epoch() {
+    let mut m = active();
+    let waiting = Input::PeerState {
+        state: State::Waiting,
+        previous: State::Passive,
+        stamp: stamp(2, 100),
+    };
+    assert_eq!(
+        step(&mut m, 500, waiting),
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+    let actions = step(&mut m, 501, written(3));
+    assert_eq!(actions.last(), Some(&Action::StartSync { sender: true }));
+    assert_eq!(m.state(), State::ActiveSync);
+}
+
+#[test]
 fn active_that_loses_the_peer_but_keeps_lock_and_gateway_goes_standalone_in_a_new_epoch() {
-    let mut m = standalone();
-    connect(&mut m, 300, State::Waiting, stamp(1, 100));
-    step(&mut m, 400, Input::SyncComplete);
+    let mut m = active();
     gateway_up(&mut m, 410);
     assert_eq!(
         step(&mut m, 420, Input::PeerDisconnected),
-        vec![Action::WriteEpoch(Epoch(3)), Action::ConfirmEpoch(Epoch(3))]
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+    assert_eq!(m.state(), State::Active, "until the new epoch is recorded");
+    assert_eq!(
+        step(&mut m, 421, written(3)),
+        vec![Action::ConfirmEpoch(Epoch(3))]
     );
     assert_eq!(m.state(), State::Standalone);
     assert!(m.serving());
@@ -327,9 +378,7 @@ fn active_that_loses_the_peer_but_keeps_lock_and_gateway_goes_standalone_in_a_ne
 
 #[test]
 fn gateway_down_with_peer_up_changes_nothing_but_both_down_stops_serving_before_the_lock_goes() {
-    let mut m = standalone();
-    connect(&mut m, 300, State::Waiting, stamp(1, 100));
-    step(&mut m, 400, Input::SyncComplete);
+    let mut m = active();
     for t in 0..3 {
         assert_eq!(
             step(&mut m, 410 + t, Input::Gateway { reachable: false }),
@@ -351,10 +400,8 @@ fn standalone_that_loses_the_gateway_stops_serving() {
         step(&mut m, 300 + t, Input::Gateway { reachable: false });
     }
     assert!(m.serving(), "one or two missed pings are tolerated");
-    assert_eq!(
-        step(&mut m, 302, Input::Gateway { reachable: false }),
-        vec![Action::StopServing, Action::ReleaseLock]
-    );
+    let actions = step(&mut m, 302, Input::Gateway { reachable: false });
+    assert_eq!(actions, vec![Action::StopServing, Action::ReleaseLock]);
 }
 
 #[test]
@@ -386,11 +433,11 @@ fn passive_takes_over_after_the_passive_lock_interval() {
     gateway_up(&mut m, 1251);
     assert_eq!(
         step(&mut m, 1252, acquired(2)),
-        vec![
-            Action::WriteEpoch(Epoch(3)),
-            Action::ConfirmEpoch(Epoch(3)),
-            Action::StartServing
-        ]
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+    assert_eq!(
+        step(&mut m, 1253, written(3)),
+        vec![Action::ConfirmEpoch(Epoch(3)), Action::StartServing]
     );
     assert_eq!(m.state(), State::Standalone);
 }
@@ -430,17 +477,48 @@ fn losing_the_lock_stops_serving_at_once() {
     let lost = Input::Lock(LockResult::Lost {
         reason: "superseded by epoch 9".into(),
     });
-    assert_eq!(step(&mut m, 300, lost), vec![Action::StopServing]);
+    assert_eq!(
+        step(&mut m, 300, lost),
+        vec![Action::StopServing, Action::ReleaseLock]
+    );
     assert_eq!(m.state(), State::Waiting);
     assert!(m.snapshot().last_reason.contains("superseded"));
 }
 
 #[test]
+fn a_failed_epoch_write_never_serves_and_numbers_are_not_reused() {
+    let mut m = primary();
+    gateway_up(&mut m, 0);
+    step(&mut m, 250, Input::Tick);
+    assert_eq!(
+        step(&mut m, 251, acquired(1)),
+        vec![Action::WriteEpoch(Epoch(2))]
+    );
+    let lost = Input::Lock(LockResult::Lost {
+        reason: "lock file write failed".into(),
+    });
+    assert_eq!(step(&mut m, 252, lost), vec![Action::ReleaseLock]);
+    assert_eq!(
+        step(&mut m, 253, written(2)),
+        vec![],
+        "a late answer changes nothing"
+    );
+    assert!(!m.serving());
+    assert_eq!(m.snapshot().confirmed_epoch, Epoch(1));
+    step(&mut m, 600, Input::Tick);
+    assert_eq!(
+        step(&mut m, 601, acquired(1)),
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+}
+
+#[test]
 fn serving_server_revalidates_its_lock_every_active_interval() {
     let mut m = standalone();
-    assert!(step(&mut m, 252, Input::Tick).contains(&Action::RevalidateLock));
     assert!(!step(&mut m, 300, Input::Tick).contains(&Action::RevalidateLock));
     assert!(step(&mut m, 352, Input::Tick).contains(&Action::RevalidateLock));
+    assert!(!step(&mut m, 400, Input::Tick).contains(&Action::RevalidateLock));
+    assert!(step(&mut m, 452, Input::Tick).contains(&Action::RevalidateLock));
 }
 
 #[test]
@@ -487,11 +565,11 @@ fn shared_passive_takes_the_lock_activates_recovers_then_serves() {
     );
     assert_eq!(
         step(&mut m, 101, acquired(4)),
-        vec![
-            Action::WriteEpoch(Epoch(5)),
-            Action::ConfirmEpoch(Epoch(5)),
-            Action::Recover
-        ]
+        vec![Action::WriteEpoch(Epoch(5))]
+    );
+    assert_eq!(
+        step(&mut m, 102, written(5)),
+        vec![Action::ConfirmEpoch(Epoch(5)), Action::Recover]
     );
     assert_eq!(m.state(), State::Activating);
     assert!(!m.serving());
@@ -503,7 +581,10 @@ fn shared_passive_takes_the_lock_activates_recovers_then_serves() {
     let lost = Input::Lock(LockResult::Lost {
         reason: "another server activated epoch 6".into(),
     });
-    assert_eq!(step(&mut m, 200, lost), vec![Action::StopServing]);
+    assert_eq!(
+        step(&mut m, 200, lost),
+        vec![Action::StopServing, Action::ReleaseLock]
+    );
     assert_eq!(m.state(), State::Passive);
 }
 
@@ -524,10 +605,43 @@ fn shared_active_without_peer_and_gateway_steps_down() {
     gateway_up(&mut m, 0);
     step(&mut m, 100, Input::Tick);
     step(&mut m, 101, acquired(4));
+    step(&mut m, 101, written(5));
     step(&mut m, 102, Input::Recovered);
     for t in 0..3 {
         step(&mut m, 200 + t, Input::Gateway { reachable: false });
     }
     assert_eq!(m.state(), State::Passive);
     assert!(!m.serving());
+}
+
+#[test]
+fn one_epoch_write_at_a_time_and_the_newest_intention_wins() {
+    let mut m = active();
+    gateway_up(&mut m, 410);
+    let waiting = Input::PeerState {
+        state: State::Waiting,
+        previous: State::Passive,
+        stamp: stamp(2, 100),
+    };
+    assert_eq!(
+        step(&mut m, 500, waiting.clone()),
+        vec![Action::WriteEpoch(Epoch(3))]
+    );
+    assert_eq!(
+        step(&mut m, 501, waiting),
+        vec![],
+        "no second write while one is pending"
+    );
+    // The peer goes away before the write completes: STANDALONE, not ACTIVE_SYNC.
+    step(&mut m, 502, Input::PeerDisconnected);
+    assert_eq!(
+        step(&mut m, 503, written(2)),
+        vec![],
+        "an answer for another epoch is ignored"
+    );
+    assert_eq!(
+        step(&mut m, 504, written(3)),
+        vec![Action::ConfirmEpoch(Epoch(3))]
+    );
+    assert_eq!(m.state(), State::Standalone);
 }
