@@ -93,6 +93,13 @@ enum Command {
         #[command(subcommand)]
         what: JournalCommand,
     },
+    /// Run the gateway responder on a third machine: the witness an HA pair
+    /// pings to tell a dead peer from a cut network (echoes a probe byte).
+    Gateway {
+        /// Address to listen on, e.g. 0.0.0.0:2100.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +232,7 @@ fn main() -> ExitCode {
         Command::Journal {
             what: JournalCommand::Check { dir },
         } => journal_check(&dir),
+        Command::Gateway { listen } => gateway(listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,6 +258,22 @@ fn server(profile: &std::path::Path) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     server.wait().map_err(|e| e.to_string())
+}
+
+fn gateway(listen: std::net::SocketAddr) -> Result<(), String> {
+    // Block the signals before the responder's threads start, so they
+    // inherit the mask and only wait_termination_signal takes them.
+    twinmq::io::block_termination_signals().map_err(|e| format!("blocking signals: {e}"))?;
+    let listener = twinmq::net::listen(listen, &twinmq::net::SocketOptions::default(), false)
+        .map_err(|e| e.to_string())?;
+    let responder =
+        twinmq::ha::gateway::GatewayResponder::start(listener).map_err(|e| e.to_string())?;
+    tracing::info!("gateway listening on {}", responder.local_addr());
+    let signal =
+        twinmq::io::wait_termination_signal().map_err(|e| format!("waiting for signals: {e}"))?;
+    tracing::info!(signal, "termination signal: stopping the gateway");
+    responder.stop();
+    Ok(())
 }
 
 fn send(

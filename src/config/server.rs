@@ -157,7 +157,7 @@ impl ServerConfig {
 /// port, so two such addresses never collide (tests use that). An unspecified
 /// address takes the port on every address of its family, and `[::]` on IPv4
 /// too, as Linux binds it dual-stack by default.
-fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
+pub(super) fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;
     }

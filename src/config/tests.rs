@@ -48,8 +48,10 @@ fn minimal_profile_gets_the_defaults() {
                 max_deliveries: 10,
                 dead_letter_queue: "/queue/DLQ".to_owned(),
             },
+            ha: None,
             net: NetConfig {
                 client: SocketOptions::default(),
+                ha: SocketOptions::default(),
             },
         }
     );
@@ -242,7 +244,7 @@ fn unknown_keys_and_sections_are_rejected_by_name() {
             with("[net.client]\nno_delay = true"),
             "unknown field `no_delay`",
         ),
-        (with("[net.ha]"), "unknown field `ha`"),
+        (with("[net.peer]"), "unknown field `peer`"),
     ];
     for (text, expected) in cases {
         let error = parse(&text).unwrap_err();

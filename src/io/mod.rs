@@ -170,3 +170,94 @@ pub fn wait_termination_signal() -> io::Result<i32> {
         }
     }
 }
+
+/// Tries to take an exclusive (write) OFD lock on the whole of `file`
+/// without waiting: `Ok(true)` when this open file description now holds
+/// it, `Ok(false)` when another one does (`EAGAIN` / `EACCES`).
+///
+/// OFD ("open file description") locks belong to the `open()` that made the
+/// descriptor, not to the process: two opens of one file conflict even
+/// inside one process, the lock is not shared with a `fork` child (std opens
+/// with `O_CLOEXEC` and we never `dup`), and unlike classic POSIX locks it is
+/// not dropped when some other descriptor of the same file is closed. It goes
+/// away on [`ofd_unlock`] or when the description's last descriptor closes
+/// (a killed process included). Linux forwards them to the server on NFSv4.
+/// Taking it again while holding it succeeds and changes nothing.
+pub fn ofd_try_lock(file: &File) -> io::Result<bool> {
+    match ofd_setlk(file, libc::F_WRLCK) {
+        Ok(()) => Ok(true),
+        Err(error) if matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Releases the OFD lock [`ofd_try_lock`] took on `file`; a no-op when this
+/// description holds none.
+pub fn ofd_unlock(file: &File) -> io::Result<()> {
+    ofd_setlk(file, libc::F_UNLCK)
+}
+
+/// `fcntl(F_OFD_SETLK)` of `kind` over the whole file, retried on `EINTR`.
+fn ofd_setlk(file: &File, kind: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `flock` is a plain C struct of integers; all zeros is a valid
+    // value, and the fields that matter are set below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // Start 0 and length 0 cover the whole file however far it grows.
+    lock.l_start = 0;
+    lock.l_len = 0;
+    // OFD requests must carry l_pid 0, or the kernel answers EINVAL.
+    lock.l_pid = 0;
+    loop {
+        // SAFETY: fcntl on a descriptor `file` owns; F_OFD_SETLK only reads
+        // the `flock`, which lives for the whole call.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to become readable (for a listener: a
+/// connection is waiting to be accepted). `Ok(false)` when the time ran out
+/// or a signal interrupted the wait; callers loop and re-check their own
+/// state either way. A timeout is rounded up to whole milliseconds so a
+/// short one never turns into a busy loop.
+pub fn wait_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let timeout_ms = timeout
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .min(libc::c_int::MAX as u128) as libc::c_int;
+    let mut entry = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes one live pollfd for the whole call; the
+    // descriptor is borrowed, so it stays open meanwhile.
+    match unsafe { libc::poll(&mut entry, 1, timeout_ms) } {
+        n if n < 0 => {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(error)
+            }
+        }
+        0 => Ok(false),
+        // POLLERR / POLLHUP count as ready too: the next accept or read
+        // reports what happened.
+        _ => Ok(true),
+    }
+}
