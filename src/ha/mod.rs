@@ -3,5 +3,6 @@
 //! file, the gateway, the peer link — driven by the control thread.
 
 pub mod gateway;
+pub mod link;
 pub mod lock_file;
 pub mod machine;
