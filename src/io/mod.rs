@@ -261,3 +261,27 @@ pub fn wait_readable(
         _ => Ok(true),
     }
 }
+
+/// Fills `buf` from the kernel's CSPRNG (`getrandom(2)`), waiting at boot
+/// until it is seeded. For secrets and handshake nonces only: these must be
+/// unpredictable, so they never come from the seeded RNG that simulations
+/// inject.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`,
+        // which is live and exclusively borrowed for the whole call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        // Large requests may be cut short by a signal; take what came.
+        filled += n as usize;
+    }
+    Ok(())
+}
