@@ -18,6 +18,7 @@ pub mod ids;
 pub mod io;
 pub mod journal;
 pub mod net;
+pub mod pair;
 pub mod protocol;
 pub mod server;
 pub mod shard;

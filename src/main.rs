@@ -32,6 +32,15 @@ enum Command {
         #[arg(long)]
         profile: PathBuf,
     },
+    /// Run a local HA pair (gateway, primary, secondary) in the foreground.
+    Up {
+        /// `shared` (one data directory) or `replicated`.
+        #[arg(long, default_value = "replicated")]
+        mode: String,
+        /// Where data, the lock file, profiles and logs go.
+        #[arg(long, default_value = "data/pair")]
+        dir: PathBuf,
+    },
     /// Send messages to /queue/NAME or /topic/NAME.
     Send {
         destination: String,
@@ -194,6 +203,7 @@ fn main() -> ExitCode {
             timeout_ms,
             prefetch,
         ),
+        Command::Up { mode, dir } => twinmq::pair::up(&mode, &dir),
         Command::Status { admin, json } => status(&admin, json),
         Command::Shutdown { admin } => shutdown(&admin),
         Command::Bench {
@@ -403,6 +413,22 @@ fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
         s.journal_bytes,
         s.rss_bytes as f64 / 1048576.0
     );
+    if let Some(peer) = &s.peer_state {
+        println!(
+            "  HA {}: peer {}, lock holder {}, gateway {}",
+            s.mode,
+            peer,
+            s.lock_holder.as_deref().unwrap_or("none"),
+            match s.gateway_reachable {
+                Some(true) => "reachable",
+                Some(false) => "UNREACHABLE",
+                None => "unknown",
+            }
+        );
+        if let Some(last) = &s.last_transition {
+            println!("  last transition: {last}");
+        }
+    }
     for poisoned in &s.poisoned {
         println!("  JOURNAL FAILED: {poisoned}");
     }

@@ -2,7 +2,7 @@
 //! one line per request — `status` or `shutdown` — and answering one line of
 //! JSON. Control plane: a plain thread with blocking sockets.
 
-use crate::server::{Identity, request_stop};
+use crate::server::Identity;
 use crate::shard::Shared;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
@@ -48,6 +48,29 @@ pub struct Status {
     pub rss_bytes: u64,
     pub poisoned: Vec<String>,
     pub destinations: Vec<DestinationStatus>,
+    /// HA: `single`, `replicated` or `shared`.
+    #[serde(default)]
+    pub mode: String,
+    /// HA: the peer's state as this server sees it (DEAD when unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_state: Option<String>,
+    /// HA: who the lock file names as holder, and whether it is this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_holder: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_reachable: Option<bool>,
+    /// HA: the last state change and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<String>,
+}
+
+/// What the admin endpoint asks of the server it belongs to.
+pub trait Control: Send + Sync {
+    fn status(&self) -> Status;
+    /// Asks for a clean stop.
+    fn shutdown(&self);
+    /// Whether the server is stopping (the endpoint then stops too).
+    fn stopping(&self) -> bool;
 }
 
 /// Resident memory of this process, from /proc/self/statm.
@@ -61,7 +84,8 @@ fn rss_bytes() -> u64 {
     pages * page
 }
 
-pub fn status(identity: &Identity, shared: &Shared) -> Status {
+/// The status of a running data plane (shards and journals).
+pub fn data_status(identity: &Identity, shared: &Shared) -> Status {
     let mut status = Status {
         server: identity.name.clone(),
         role: "single".into(),
@@ -84,6 +108,11 @@ pub fn status(identity: &Identity, shared: &Shared) -> Status {
         rss_bytes: rss_bytes(),
         poisoned: Vec::new(),
         destinations: Vec::new(),
+        mode: "single".into(),
+        peer_state: None,
+        lock_holder: None,
+        gateway_reachable: None,
+        last_transition: None,
     };
     for stats in &shared.stats {
         let stats = stats.lock().expect("stats lock");
@@ -109,12 +138,7 @@ pub fn status(identity: &Identity, shared: &Shared) -> Status {
 }
 
 /// Serves admin requests until the server stops.
-pub fn serve(
-    listener: TcpListener,
-    identity: Identity,
-    shared: Arc<Shared>,
-    wakers: Vec<Arc<crate::io::EventFd>>,
-) -> JoinHandle<()> {
+pub fn serve(listener: TcpListener, control: Arc<dyn Control>) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("twinmq-admin".into())
         .spawn(move || {
@@ -122,10 +146,10 @@ pub fn serve(
                 tracing::error!(%error, "admin endpoint unusable");
                 return;
             }
-            while !shared.stop.load(Ordering::Relaxed) {
+            while !control.stopping() {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        if let Err(error) = answer(stream, &identity, &shared, &wakers) {
+                        if let Err(error) = answer(stream, control.as_ref()) {
                             tracing::debug!(%error, "admin request failed");
                         }
                     }
@@ -142,22 +166,17 @@ pub fn serve(
         .expect("spawn admin thread")
 }
 
-fn answer(
-    stream: TcpStream,
-    identity: &Identity,
-    shared: &Shared,
-    wakers: &[Arc<crate::io::EventFd>],
-) -> std::io::Result<()> {
+fn answer(stream: TcpStream, control: &dyn Control) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new((&stream).take(REQUEST_BYTES_MAX)).read_line(&mut line)?;
     let reply = match line.trim() {
-        "status" => serde_json::to_string(&status(identity, shared)).expect("serialize status"),
+        "status" => serde_json::to_string(&control.status()).expect("serialize status"),
         "shutdown" => {
             tracing::info!("shutdown requested on the admin endpoint");
-            request_stop(shared, wakers);
+            control.shutdown();
             r#"{"ok":true}"#.to_owned()
         }
         other => serde_json::json!({ "error": format!("unknown admin request {other:?}: use status or shutdown") }).to_string(),

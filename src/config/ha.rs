@@ -184,6 +184,10 @@ pub struct HaConfig {
     pub listen: SocketAddr,
     /// The peer's HA port.
     pub peer: SocketAddr,
+    /// The peer's client port, named in the NOT_ACTIVE redirect this server
+    /// sends while the peer is the active one.
+    #[serde(default)]
+    pub peer_client: Option<SocketAddr>,
     /// The lock file on storage both servers reach. A relative path
     /// resolves against the server's current directory.
     pub lock_file: PathBuf,
@@ -694,6 +698,7 @@ gateway = "127.0.0.1:2100"
                 cluster_key: ClusterKey::from("change-me-please"),
                 listen: "127.0.0.1:2000".parse().unwrap(),
                 peer: "127.0.0.1:3000".parse().unwrap(),
+                peer_client: None,
                 lock_file: PathBuf::from("./data/pair/ha.lock"),
                 gateway: "127.0.0.1:2100".parse().unwrap(),
                 ping_interval_ms: 100,

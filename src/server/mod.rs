@@ -1,18 +1,23 @@
-//! A running server: opens and recovers each shard's journal, starts one
-//! thread per shard (each with its own listener on the client port) and the
-//! admin endpoint, and stops them cleanly.
+//! Starting and stopping a server.
+//!
+//! - [`DataPlane`]: the shards' journals, recovered, and one thread per shard
+//!   (each with its own listener on the client port), started in a given
+//!   epoch. It refuses an epoch its journals have already passed: a newer
+//!   activation happened elsewhere, and writing now would fork history.
+//! - [`Server`]: a single server (data plane + admin endpoint), or an HA
+//!   server whose control thread starts and stops the data plane (`ha::driver`).
 
-use crate::admin;
+use crate::admin::{self, Control, Status};
 use crate::broker::{Broker, BrokerSettings};
 use crate::config::Profile;
 use crate::ids::{Epoch, ShardId};
 use crate::journal::{Journal, JournalError};
 use crate::protocol::Limits;
 use crate::shard::{self, ShardConfig, ShardError, Shared, mesh};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -38,15 +43,27 @@ pub enum ServerError {
         path: PathBuf,
         source: JournalError,
     },
+    /// The journals already hold a newer epoch than the one to serve in.
+    #[error(
+        "refusing to serve in epoch {requested}: shard {shard}'s journal already holds epoch {found} \
+         (a newer activation happened elsewhere)"
+    )]
+    Fenced {
+        shard: usize,
+        requested: u64,
+        found: u64,
+    },
     #[error("{0}")]
     Listen(std::io::Error),
     #[error(transparent)]
     Shard(#[from] ShardError),
     #[error("shard thread {0} panicked")]
     Panicked(usize),
+    #[error(transparent)]
+    Ha(#[from] crate::ha::driver::DriverError),
 }
 
-/// What the admin endpoint reports about the server as a whole.
+/// What the admin endpoint reports about a data plane.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: String,
@@ -56,20 +73,38 @@ pub struct Identity {
     pub shards: usize,
 }
 
-/// A started server.
+fn broker_settings(profile: &Profile, shards: usize) -> BrokerSettings {
+    BrokerSettings {
+        auto_create: profile.broker.auto_create,
+        default_prefetch: profile.broker.default_prefetch,
+        max_deliveries: profile.broker.max_deliveries,
+        dead_letter: profile
+            .broker
+            .dead_letter_queue
+            .parse()
+            .expect("validated by the profile"),
+        cache_bytes_max: MESSAGE_CACHE_BYTES / shards,
+    }
+}
+
+/// Journals and shard threads.
 #[derive(Debug)]
-pub struct Server {
+pub struct DataPlane {
     shared: Arc<Shared>,
     wakers: Vec<Arc<crate::io::EventFd>>,
     threads: Vec<JoinHandle<Result<(), ShardError>>>,
-    admin: Option<JoinHandle<()>>,
     identity: Identity,
-    admin_addr: SocketAddr,
 }
 
-impl Server {
-    /// Recovers every shard and starts serving.
-    pub fn start(profile: &Profile) -> Result<Server, ServerError> {
+impl DataPlane {
+    /// Recovers every shard and starts its thread, serving in `epoch` (the
+    /// next after the journals' newest when `None`). `serving` sets the
+    /// initial client gate.
+    pub fn start(
+        profile: &Profile,
+        epoch: Option<Epoch>,
+        serving: bool,
+    ) -> Result<DataPlane, ServerError> {
         crate::io::probe()?;
         let shards = profile.server.shard_count();
         let data_dir = profile.server.data_dir.clone();
@@ -77,18 +112,7 @@ impl Server {
             path: data_dir.clone(),
             source,
         })?;
-        let dead_letter = profile
-            .broker
-            .dead_letter_queue
-            .parse()
-            .expect("validated by the profile");
-        let settings = BrokerSettings {
-            auto_create: profile.broker.auto_create,
-            default_prefetch: profile.broker.default_prefetch,
-            max_deliveries: profile.broker.max_deliveries,
-            dead_letter,
-            cache_bytes_max: MESSAGE_CACHE_BYTES / shards,
-        };
+        let settings = broker_settings(profile, shards);
         let mut journals = Vec::with_capacity(shards);
         let mut brokers = Vec::with_capacity(shards);
         for index in 0..shards {
@@ -99,6 +123,15 @@ impl Server {
                 source,
             };
             let journal = Journal::open(&path, profile.journal.options()).map_err(journal_error)?;
+            if let Some(epoch) = epoch
+                && journal.epoch() >= epoch
+            {
+                return Err(ServerError::Fenced {
+                    shard: index,
+                    requested: epoch.get(),
+                    found: journal.epoch().get(),
+                });
+            }
             let mut broker = Broker::new(ShardId(index as u16), settings.clone());
             let records = shard::recover(&journal, &mut broker).map_err(journal_error)?;
             let report = journal.recovery_report();
@@ -114,7 +147,9 @@ impl Server {
             journals.push(journal);
             brokers.push(broker);
         }
-        let epoch = Epoch(journals.iter().map(|j| j.epoch().get()).max().unwrap_or(0) + 1);
+        let epoch = epoch.unwrap_or_else(|| {
+            Epoch(journals.iter().map(|j| j.epoch().get()).max().unwrap_or(0) + 1)
+        });
 
         let socket = profile.net.client.clone();
         let first = crate::net::listen(profile.server.client_listen, &socket, true)
@@ -125,15 +160,6 @@ impl Server {
             listeners
                 .push(crate::net::listen(client_addr, &socket, true).map_err(ServerError::Listen)?);
         }
-        let admin_listener =
-            std::net::TcpListener::bind(profile.server.admin_listen).map_err(|e| {
-                ServerError::Listen(std::io::Error::new(
-                    e.kind(),
-                    format!("admin endpoint {}: {e}", profile.server.admin_listen),
-                ))
-            })?;
-        let admin_addr = admin_listener.local_addr().map_err(ServerError::Listen)?;
-
         // A message's journal record is never larger than its SEND frame,
         // so this limit (advertised in WELCOME) keeps every accepted message
         // within one journal batch.
@@ -144,7 +170,7 @@ impl Server {
         };
         let meshes = mesh::build(shards, MESH_QUEUE_CAPACITY).map_err(ServerError::Listen)?;
         let wakers = meshes[0].all_wakers();
-        let shared = Shared::new(shards);
+        let shared = Shared::new(shards, serving);
         let max_connections = (profile.server.max_connections as usize).div_ceil(shards);
         let mut threads = Vec::with_capacity(shards);
         for (index, ((journal, broker), (listener, mesh))) in journals
@@ -178,63 +204,50 @@ impl Server {
             started: Instant::now(),
             shards,
         };
-        let admin = admin::serve(
-            admin_listener,
-            identity.clone(),
-            shared.clone(),
-            wakers.clone(),
-        );
-        tracing::info!(
-            server = %identity.name, %client_addr, %admin_addr, shards, epoch = epoch.get(),
-            "Server switched to ACTIVE"
-        );
-        Ok(Server {
+        Ok(DataPlane {
             shared,
             wakers,
             threads,
-            admin: Some(admin),
             identity,
-            admin_addr,
         })
     }
 
-    pub fn client_addr(&self) -> SocketAddr {
-        self.identity.client_addr
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
-    /// A function that asks the server to stop (for signal handlers).
-    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
-        let shared = self.shared.clone();
-        let wakers = self.wakers.clone();
-        move || request_stop(&shared, &wakers)
+    pub fn status(&self) -> Status {
+        admin::data_status(&self.identity, &self.shared)
     }
 
-    /// Waits until every shard has stopped (after `stop`, a signal, or the
-    /// admin `shutdown`).
-    pub fn wait(mut self) -> Result<(), ServerError> {
+    /// Asks every shard to stop (each flushes its journal first).
+    pub fn request_stop(&self) {
+        request_stop(&self.shared, &self.wakers);
+    }
+
+    /// Whether some shard thread has ended.
+    pub fn any_stopped(&self) -> bool {
+        self.threads.iter().any(JoinHandle::is_finished)
+    }
+
+    /// Stops (if not yet asked) and waits for every shard.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.request_stop();
         let mut result = Ok(());
         for (index, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             match thread.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::error!(%error, "shard stopped with an error");
-                    request_stop(&self.shared, &self.wakers);
                     result = Err(error.into());
                 }
-                Err(_) => {
-                    request_stop(&self.shared, &self.wakers);
-                    result = Err(ServerError::Panicked(index));
-                }
+                Err(_) => result = Err(ServerError::Panicked(index)),
             }
         }
-        if let Some(admin) = self.admin.take() {
-            let _ = admin.join();
-        }
-        tracing::info!(server = %self.identity.name, "server stopped");
         result
     }
 }
@@ -244,5 +257,137 @@ pub fn request_stop(shared: &Shared, wakers: &[Arc<crate::io::EventFd>]) {
     shared.stop.store(true, Ordering::SeqCst);
     for waker in wakers {
         waker.wake();
+    }
+}
+
+/// A single server: one data plane, always serving.
+struct Single {
+    plane: Mutex<Option<DataPlane>>,
+    status: Mutex<Status>,
+}
+
+impl Control for Single {
+    fn status(&self) -> Status {
+        match self.plane.lock().expect("plane lock").as_ref() {
+            Some(plane) => plane.status(),
+            None => self.status.lock().expect("status lock").clone(),
+        }
+    }
+
+    fn shutdown(&self) {
+        if let Some(plane) = self.plane.lock().expect("plane lock").as_ref() {
+            plane.request_stop();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.plane
+            .lock()
+            .expect("plane lock")
+            .as_ref()
+            .is_none_or(|p| p.shared().stop.load(Ordering::Relaxed))
+    }
+}
+
+/// A started server, single or HA.
+pub struct Server {
+    control: Arc<dyn Control>,
+    admin: Option<JoinHandle<()>>,
+    kind: Kind,
+    admin_addr: SocketAddr,
+}
+
+enum Kind {
+    Single(Arc<Single>),
+    Ha(crate::ha::driver::Driver),
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("admin", &self.admin_addr)
+            .finish()
+    }
+}
+
+fn bind_admin(profile: &Profile) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(profile.server.admin_listen).map_err(|e| {
+        ServerError::Listen(std::io::Error::new(
+            e.kind(),
+            format!("admin endpoint {}: {e}", profile.server.admin_listen),
+        ))
+    })?;
+    let addr = listener.local_addr().map_err(ServerError::Listen)?;
+    Ok((listener, addr))
+}
+
+impl Server {
+    /// Starts the server a profile describes: single, or one of an HA pair.
+    pub fn start(profile: &Profile) -> Result<Server, ServerError> {
+        let (listener, admin_addr) = bind_admin(profile)?;
+        if profile.ha.is_some() {
+            let driver = crate::ha::driver::Driver::start(profile.clone())?;
+            let control = driver.control();
+            let admin = admin::serve(listener, control.clone());
+            return Ok(Server {
+                control,
+                admin: Some(admin),
+                kind: Kind::Ha(driver),
+                admin_addr,
+            });
+        }
+        let plane = DataPlane::start(profile, None, true)?;
+        let identity = plane.identity().clone();
+        tracing::info!(
+            server = %identity.name, client_addr = %identity.client_addr, %admin_addr, shards = identity.shards,
+            epoch = identity.epoch.get(), "Server switched to ACTIVE"
+        );
+        let single = Arc::new(Single {
+            status: Mutex::new(plane.status()),
+            plane: Mutex::new(Some(plane)),
+        });
+        let control: Arc<dyn Control> = single.clone();
+        let admin = admin::serve(listener, control.clone());
+        Ok(Server {
+            control,
+            admin: Some(admin),
+            kind: Kind::Single(single),
+            admin_addr,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A function that asks the server to stop (for signal handlers).
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let control = self.control.clone();
+        move || control.shutdown()
+    }
+
+    /// Waits until the server has stopped (after a signal or the admin
+    /// `shutdown`).
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        let result = match &mut self.kind {
+            Kind::Single(single) => {
+                // The admin thread ends once the shards are asked to stop.
+                while !single.stopping() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    let plane = single.plane.lock().expect("plane lock");
+                    if plane.as_ref().is_some_and(DataPlane::any_stopped) {
+                        plane.as_ref().expect("plane").request_stop();
+                    }
+                }
+                let plane = single.plane.lock().expect("plane lock").take();
+                plane.map_or(Ok(()), DataPlane::stop)
+            }
+            Kind::Ha(driver) => driver.wait(),
+        };
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.join();
+        }
+        tracing::info!("server stopped");
+        result
     }
 }

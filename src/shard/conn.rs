@@ -237,6 +237,7 @@ impl Conn {
         result: i32,
         limits: &Limits,
         now_ms: u64,
+        shared: &super::Shared,
         requests: &mut Vec<Request>,
     ) {
         self.recv_in_flight = false;
@@ -251,7 +252,7 @@ impl Conn {
             match protocol::decode(&self.rbuf[consumed..self.rlen], limits) {
                 Ok(Some((frame, len))) => {
                     consumed += len;
-                    self.frame(frame, now_ms, requests);
+                    self.frame(frame, now_ms, shared, requests);
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -297,9 +298,23 @@ impl Conn {
         }
     }
 
-    fn frame(&mut self, frame: Frame, now_ms: u64, requests: &mut Vec<Request>) {
+    fn frame(
+        &mut self,
+        frame: Frame,
+        now_ms: u64,
+        shared: &super::Shared,
+        requests: &mut Vec<Request>,
+    ) {
         if !self.welcomed {
             match frame {
+                Frame::Hello(hello)
+                    if hello.version == protocol::PROTOCOL_VERSION
+                        && !shared.serving.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    let active = shared.active_hint.lock().expect("hint lock").clone();
+                    self.write_frame(&Frame::NotActive(protocol::NotActive { active }));
+                    self.closing = Closing::AfterFlush;
+                }
                 Frame::Hello(hello) if hello.version == protocol::PROTOCOL_VERSION => {
                     self.welcomed = true;
                     self.write_frame(&Frame::Welcome(self.welcome.clone()));
@@ -469,6 +484,17 @@ impl Conn {
                 ErrorCode::MalformedFrame,
                 format!("a client may not send {}", other.name()),
             ),
+        }
+    }
+
+    /// Tells a served client this server no longer serves, naming the
+    /// active one, and closes.
+    pub fn redirect(&mut self, active: &str) {
+        if self.welcomed && self.closing == Closing::Open {
+            self.write_frame(&Frame::NotActive(protocol::NotActive {
+                active: active.to_owned(),
+            }));
+            self.closing = Closing::AfterFlush;
         }
     }
 

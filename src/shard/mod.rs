@@ -92,13 +92,20 @@ pub struct ShardStats {
 #[derive(Debug)]
 pub struct Shared {
     pub stop: AtomicBool,
+    /// Whether clients are served; when not, a HELLO gets NOT_ACTIVE and
+    /// connected clients are redirected (the HA control thread sets it).
+    pub serving: AtomicBool,
+    /// The active server's client address, named in NOT_ACTIVE redirects.
+    pub active_hint: Mutex<String>,
     pub stats: Vec<Mutex<ShardStats>>,
 }
 
 impl Shared {
-    pub fn new(shards: usize) -> Arc<Shared> {
+    pub fn new(shards: usize, serving: bool) -> Arc<Shared> {
         Arc::new(Shared {
             stop: AtomicBool::new(false),
+            serving: AtomicBool::new(serving),
+            active_hint: Mutex::new(String::new()),
             stats: (0..shards)
                 .map(|_| Mutex::new(ShardStats::default()))
                 .collect(),
@@ -463,6 +470,7 @@ impl Shard {
                     completion.result,
                     &self.config.limits,
                     now_ms(),
+                    &self.shared,
                     &mut requests,
                 );
                 for request in requests {
@@ -529,8 +537,13 @@ impl Shard {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        let redirect = (!self.shared.serving.load(Ordering::Relaxed))
+            .then(|| self.shared.active_hint.lock().expect("hint lock").clone());
         for conn in self.conns.values_mut() {
             conn.check_deadline(now);
+            if let Some(active) = &redirect {
+                conn.redirect(active);
+            }
         }
         let end = self.journal.end_offset();
         let distance = self.config.segment_bytes * METADATA_CARRY_SEGMENTS;

@@ -1,0 +1,669 @@
+//! The control thread of an HA server: the only impure part of the HA
+//! control plane. Every 10 ms it feeds the state machine the time, what
+//! the peer link, the lock file and the gateway pinger reported, and carries
+//! out the actions it returns: lock operations, pings, link messages, and
+//! starting, gating and stopping the data plane.
+//!
+//! ```text
+//!   link events ─┐                          ┌─▶ lock file (OFD lock)
+//!   gateway ─────┼─▶ Machine::step(now, …) ─┼─▶ link messages
+//!   ticks ───────┘                          ├─▶ gateway pings (pinger thread)
+//!                                           └─▶ data plane: start (recover) / serve / stop
+//! ```
+//! Shared mode: the passive does not open the shared journals at all; a
+//! redirector on the client port answers HELLO with NOT_ACTIVE. On
+//! ACTIVATING the data plane recovers the journals in the new epoch (and
+//! refuses if they already hold a newer one); on losing the lock it stops
+//! before the lock is released.
+
+use super::gateway;
+use super::link::{Link, LinkConfig, LinkEvent, Params, PeerMessage};
+use super::lock_file::{Acquire, LockContent, LockFile};
+use super::machine::{self, Action, Input, LockResult, Machine, Mode, Stamp, Time, Timings};
+use crate::admin::{Control, Status};
+use crate::config::{HaConfig, HaMode, HaRole, Profile};
+use crate::ids::{Epoch, Offset};
+use crate::server::DataPlane;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often the control thread steps the machine.
+const TICK: Duration = Duration::from_millis(10);
+/// File (in the data directory) holding the confirmed epoch.
+const CONFIRMED_FILE: &str = "ha-confirmed-epoch";
+
+/// Why an HA server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Lock(#[from] super::lock_file::LockError),
+    #[error("HA port: {0}")]
+    Link(std::io::Error),
+    #[error("client port: {0}")]
+    Redirector(std::io::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Confirmed {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HA control thread panicked")]
+    Panicked,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the admin endpoint sees of an HA server.
+#[derive(Debug)]
+pub struct HaControl {
+    status: Mutex<Status>,
+    stop: AtomicBool,
+}
+
+impl Control for HaControl {
+    fn status(&self) -> Status {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// A running HA control thread.
+#[derive(Debug)]
+pub struct Driver {
+    control: Arc<HaControl>,
+    thread: Option<JoinHandle<Result<(), DriverError>>>,
+}
+
+impl Driver {
+    /// Checks the lock file (a missing or unusable one stops start-up) and
+    /// starts the control thread.
+    pub fn start(profile: Profile) -> Result<Driver, DriverError> {
+        let ha = profile.ha.clone().expect("an HA profile");
+        let lock = LockFile::open(&ha.lock_file, &ha.cluster_id)?;
+        std::fs::create_dir_all(&profile.server.data_dir).map_err(|source| {
+            DriverError::Confirmed {
+                path: profile.server.data_dir.clone(),
+                source,
+            }
+        })?;
+        let confirmed_path = profile.server.data_dir.join(CONFIRMED_FILE);
+        let confirmed = match std::fs::read_to_string(&confirmed_path) {
+            Ok(text) => text.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(DriverError::Confirmed {
+                    path: confirmed_path,
+                    source,
+                });
+            }
+        };
+        let (link_tx, link_rx) = mpsc::channel();
+        let shards = profile.server.shard_count() as u32;
+        let link_config = LinkConfig {
+            node: profile.server.name.clone(),
+            role: ha.role,
+            precedence: ha.precedence(),
+            cluster_key: ha.cluster_key.clone(),
+            params: Params::from_config(&ha, shards, profile.journal.segment_bytes),
+            listen: ha.listen,
+            peer: ha.peer,
+            socket: ha.link_socket_options(&profile.net.ha),
+        };
+        let link = Link::start(link_config, link_tx).map_err(DriverError::Link)?;
+        let redirector = Redirector::start(profile.server.client_listen, ha.peer_client)
+            .map_err(DriverError::Redirector)?;
+        let control = Arc::new(HaControl {
+            status: Mutex::new(passive_status(&profile, &ha)),
+            stop: AtomicBool::new(false),
+        });
+        tracing::info!(
+            server = %profile.server.name, role = %ha.role, mode = %ha.mode,
+            worst_case_failover_ms = ha.worst_case_failover().as_millis() as u64,
+            "HA server starting; worst-case failover with these timings: {} ms",
+            ha.worst_case_failover().as_millis()
+        );
+        let control_for_thread = control.clone();
+        let thread = std::thread::Builder::new()
+            .name("twinmq-ha".into())
+            .spawn(move || {
+                let mut run = Run::new(
+                    profile,
+                    ha,
+                    lock,
+                    link,
+                    link_rx,
+                    redirector,
+                    confirmed,
+                    confirmed_path,
+                    control_for_thread,
+                );
+                run.run()
+            })
+            .expect("spawn HA control thread");
+        Ok(Driver {
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn control(&self) -> Arc<dyn Control> {
+        self.control.clone()
+    }
+
+    /// Waits for the control thread (after `shutdown`).
+    pub fn wait(&mut self) -> Result<(), crate::server::ServerError> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result.map_err(crate::server::ServerError::from),
+            Some(Err(_)) => Err(DriverError::Panicked.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn role_name(role: HaRole) -> &'static str {
+    match role {
+        HaRole::Primary => "primary",
+        HaRole::Secondary => "secondary",
+    }
+}
+
+fn passive_status(profile: &Profile, ha: &HaConfig) -> Status {
+    Status {
+        server: profile.server.name.clone(),
+        role: role_name(ha.role).into(),
+        state: "WAITING".into(),
+        epoch: 0,
+        pid: std::process::id(),
+        uptime_ms: 0,
+        client_listen: profile.server.client_listen.to_string(),
+        shards: profile.server.shard_count(),
+        connections: 0,
+        messages: 0,
+        cached_bytes: 0,
+        journal_bytes: 0,
+        journal_segments: 0,
+        rss_bytes: 0,
+        poisoned: Vec::new(),
+        destinations: Vec::new(),
+        mode: ha.mode.to_string(),
+        peer_state: Some("DEAD".into()),
+        lock_holder: None,
+        gateway_reachable: None,
+        last_transition: None,
+    }
+}
+
+/// Answers HELLO on the client port with NOT_ACTIVE while this server does
+/// not serve (shared mode: the data plane, and its listeners, are down).
+#[derive(Debug)]
+struct Redirector {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Redirector {
+    fn start(addr: SocketAddr, active: Option<SocketAddr>) -> std::io::Result<Redirector> {
+        let listener = crate::net::listen(addr, &crate::net::SocketOptions::default(), true)?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let active = active.map(|a| a.to_string()).unwrap_or_default();
+        let thread = std::thread::Builder::new()
+            .name("twinmq-redirect".into())
+            .spawn(move || redirect_loop(listener, &active, &stop_flag))?;
+        Ok(Redirector {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redirect_loop(listener: TcpListener, active: &str, stop: &AtomicBool) {
+    use std::io::Write;
+    let mut frame = Vec::new();
+    crate::protocol::Frame::NotActive(crate::protocol::NotActive {
+        active: active.to_owned(),
+    })
+    .encode(&mut frame)
+    .expect("encode NOT_ACTIVE");
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                // The answer does not depend on what the client says.
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = stream.write_all(&frame);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// The control thread's state.
+struct Run {
+    profile: Profile,
+    ha: HaConfig,
+    machine: Machine,
+    lock: LockFile,
+    /// What this server last wrote into the lock file (for re-validation).
+    written: Option<LockContent>,
+    link: Link,
+    link_rx: Receiver<LinkEvent>,
+    /// The link is up but the peer's first state has not arrived yet.
+    link_pending: Option<u32>,
+    link_announced: bool,
+    gateway_tx: Sender<()>,
+    gateway_rx: Receiver<bool>,
+    gateway_in_flight: bool,
+    redirector: Option<Redirector>,
+    plane: Option<DataPlane>,
+    confirmed_path: PathBuf,
+    control: Arc<HaControl>,
+    started: Instant,
+    epoch: Epoch,
+}
+
+impl Run {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        profile: Profile,
+        ha: HaConfig,
+        lock: LockFile,
+        link: Link,
+        link_rx: Receiver<LinkEvent>,
+        redirector: Redirector,
+        confirmed: u64,
+        confirmed_path: PathBuf,
+        control: Arc<HaControl>,
+    ) -> Run {
+        let t = ha.timings();
+        let timings = Timings {
+            ping_ms: t.ping_interval.as_millis() as u64,
+            heartbeat_misses_max: t.heartbeat_misses_max,
+            active_lock_ms: t.active_lock_reacquisition_interval.as_millis() as u64,
+            passive_lock_ms: t.passive_lock_reacquisition_interval.as_millis() as u64,
+            max_wait_ms: t.max_wait_timeout.as_millis() as u64,
+        };
+        let mode = match ha.mode {
+            HaMode::Replicated => Mode::Replicated,
+            HaMode::Shared => Mode::Shared,
+        };
+        let role = match ha.role {
+            HaRole::Primary => machine::Role::Primary,
+            HaRole::Secondary => machine::Role::Secondary,
+        };
+        // Shared mode: the history is the shared journal's; its newest
+        // epoch is never newer than the lock file's.
+        let file_epoch = lock.read().map(|c| c.epoch).unwrap_or(0);
+        let stamp = Stamp {
+            epoch: Epoch(file_epoch.max(confirmed)),
+            end: Offset::ZERO,
+        };
+        let config = machine::Config {
+            mode,
+            role,
+            precedence: ha.precedence().min(255) as u8,
+            timings,
+        };
+        let machine = Machine::new(config, 0, stamp, Epoch(confirmed));
+        let (gateway_tx, gateway_rx) = pinger(ha.gateway, t.ping_interval / 2);
+        Run {
+            profile,
+            machine,
+            lock,
+            written: None,
+            link,
+            link_rx,
+            link_pending: None,
+            link_announced: false,
+            gateway_tx,
+            gateway_rx,
+            gateway_in_flight: false,
+            redirector: Some(redirector),
+            plane: None,
+            confirmed_path,
+            control,
+            started: Instant::now(),
+            epoch: Epoch(file_epoch),
+            ha,
+        }
+    }
+
+    fn now(&self) -> Time {
+        self.started.elapsed().as_millis() as Time
+    }
+
+    fn run(&mut self) -> Result<(), DriverError> {
+        while !self.control.stopping() {
+            let mut inputs = vec![Input::Tick];
+            while let Ok(event) = self.link_rx.try_recv() {
+                inputs.extend(self.link_event(event));
+            }
+            while let Ok(reachable) = self.gateway_rx.try_recv() {
+                self.gateway_in_flight = false;
+                inputs.push(Input::Gateway { reachable });
+            }
+            if self.plane.as_ref().is_some_and(DataPlane::any_stopped) {
+                tracing::error!("a shard stopped: this server stops serving");
+                inputs.push(Input::Lock(LockResult::Lost {
+                    reason: "a shard stopped".into(),
+                }));
+            }
+            for input in inputs {
+                self.step(input);
+            }
+            self.publish();
+            std::thread::sleep(TICK);
+        }
+        self.step(Input::Lock(LockResult::Lost {
+            reason: "shutting down".into(),
+        }));
+        if let Some(plane) = self.plane.take() {
+            let _ = plane.stop();
+        }
+        self.lock.release();
+        self.link.disconnect();
+        tracing::info!("HA server stopped");
+        Ok(())
+    }
+
+    fn link_event(&mut self, event: LinkEvent) -> Vec<Input> {
+        match event {
+            LinkEvent::Up {
+                peer_precedence, ..
+            } => {
+                self.link_pending = Some(peer_precedence);
+                self.link_announced = false;
+                let snapshot = self.machine.snapshot();
+                let stamp = Stamp {
+                    epoch: snapshot.epoch,
+                    end: Offset::ZERO,
+                };
+                self.link.send(&PeerMessage::State {
+                    state: snapshot.state,
+                    previous: snapshot.previous,
+                    stamp,
+                });
+                vec![]
+            }
+            LinkEvent::Message(message) => {
+                let (state, previous, stamp) = match message {
+                    PeerMessage::State {
+                        state,
+                        previous,
+                        stamp,
+                    } => (state, previous, stamp),
+                    PeerMessage::Heartbeat { state, stamp } => (state, state, stamp),
+                };
+                match (self.link_announced, self.link_pending) {
+                    (false, Some(precedence)) => {
+                        self.link_announced = true;
+                        vec![Input::PeerConnected {
+                            state,
+                            stamp,
+                            precedence: precedence.min(255) as u8,
+                        }]
+                    }
+                    (true, _) => vec![Input::PeerState {
+                        state,
+                        previous,
+                        stamp,
+                    }],
+                    (false, None) => vec![],
+                }
+            }
+            LinkEvent::Down { reason } => {
+                tracing::debug!(%reason, "HA link down");
+                self.link_pending = None;
+                let announced = std::mem::take(&mut self.link_announced);
+                if announced {
+                    vec![Input::PeerDisconnected]
+                } else {
+                    vec![]
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, input: Input) {
+        let mut actions = Vec::new();
+        let now = self.now();
+        self.machine.step(now, input, &mut actions);
+        let mut follow_ups = Vec::new();
+        for action in actions {
+            follow_ups.extend(self.act(action));
+        }
+        for input in follow_ups {
+            self.step(input);
+        }
+    }
+
+    /// Carries out one action; returns inputs it produced at once.
+    fn act(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::ConnectPeer => self.link.connect(),
+            Action::DisconnectPeer => self.link.disconnect(),
+            Action::SendState {
+                state,
+                previous,
+                stamp,
+            } => {
+                self.link.send(&PeerMessage::State {
+                    state,
+                    previous,
+                    stamp,
+                });
+            }
+            Action::SendHeartbeat { state, stamp } => {
+                self.link.send(&PeerMessage::Heartbeat { state, stamp });
+            }
+            Action::TryLock => {
+                let result = match self.lock.try_acquire() {
+                    Ok(Acquire::Acquired { file }) => LockResult::Acquired {
+                        file_epoch: Epoch(file.epoch),
+                    },
+                    Ok(Acquire::Busy) => LockResult::Busy,
+                    Err(error) => {
+                        tracing::warn!(%error, "lock attempt failed");
+                        LockResult::Busy
+                    }
+                };
+                return Some(Input::Lock(result));
+            }
+            Action::RevalidateLock => {
+                let result = match &self.written {
+                    Some(expected) => match self.lock.revalidate(expected) {
+                        Ok(()) => LockResult::Held,
+                        Err(error) => LockResult::Lost {
+                            reason: error.to_string(),
+                        },
+                    },
+                    None => LockResult::Lost {
+                        reason: "no epoch recorded".into(),
+                    },
+                };
+                return Some(Input::Lock(result));
+            }
+            Action::ReleaseLock => {
+                self.lock.release();
+                self.written = None;
+            }
+            Action::WriteEpoch(epoch) => {
+                let content = LockContent {
+                    cluster_id: self.ha.cluster_id.clone(),
+                    epoch: epoch.get(),
+                    holder: self.profile.server.name.clone(),
+                    time_ms: now_unix_ms(),
+                };
+                return Some(match self.lock.write(&content) {
+                    Ok(()) => {
+                        self.written = Some(content);
+                        self.epoch = epoch;
+                        Input::EpochWritten(epoch)
+                    }
+                    Err(error) => Input::Lock(LockResult::Lost {
+                        reason: format!("recording epoch {epoch}: {error}"),
+                    }),
+                });
+            }
+            Action::ConfirmEpoch(epoch) => {
+                if let Err(error) = persist(&self.confirmed_path, epoch.get()) {
+                    tracing::error!(%error, path = %self.confirmed_path.display(), "could not persist the confirmed epoch");
+                }
+            }
+            Action::PingGateway => {
+                if !self.gateway_in_flight && self.gateway_tx.send(()).is_ok() {
+                    self.gateway_in_flight = true;
+                }
+            }
+            Action::StartServing => {
+                if let Some(plane) = &self.plane {
+                    plane.shared().serving.store(true, Ordering::SeqCst);
+                }
+            }
+            Action::StopServing => self.stop_plane(),
+            Action::Recover => {
+                if let Some(mut redirector) = self.redirector.take() {
+                    redirector.stop();
+                }
+                return Some(
+                    match DataPlane::start(&self.profile, Some(self.epoch), false) {
+                        Ok(plane) => {
+                            self.plane = Some(plane);
+                            Input::Recovered
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "could not activate the data plane");
+                            self.restart_redirector();
+                            Input::Lock(LockResult::Lost {
+                                reason: error.to_string(),
+                            })
+                        }
+                    },
+                );
+            }
+            Action::StartSync { .. } => {
+                tracing::warn!("replicated catch-up is not available yet");
+            }
+            Action::Log(line) => tracing::info!("{line}"),
+        }
+        None
+    }
+
+    /// Stops serving at once: the data plane stops (flushing what it has)
+    /// before the caller releases the lock.
+    fn stop_plane(&mut self) {
+        if let Some(plane) = self.plane.take() {
+            plane.shared().serving.store(false, Ordering::SeqCst);
+            if let Err(error) = plane.stop() {
+                tracing::error!(%error, "data plane stopped with an error");
+            }
+        }
+        self.restart_redirector();
+    }
+
+    fn restart_redirector(&mut self) {
+        if self.redirector.is_none() && !self.control.stopping() {
+            match Redirector::start(self.profile.server.client_listen, self.ha.peer_client) {
+                Ok(redirector) => self.redirector = Some(redirector),
+                Err(error) => tracing::error!(%error, "cannot answer clients with NOT_ACTIVE"),
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let snapshot = self.machine.snapshot();
+        let mut status = match &self.plane {
+            Some(plane) => plane.status(),
+            None => passive_status(&self.profile, &self.ha),
+        };
+        status.role = role_name(self.ha.role).into();
+        status.state = snapshot.state.name().into();
+        status.epoch = snapshot.epoch.get();
+        status.uptime_ms = self.started.elapsed().as_millis() as u64;
+        status.mode = self.ha.mode.to_string();
+        status.peer_state = Some(snapshot.peer_state.name().into());
+        status.lock_holder = self
+            .lock
+            .read()
+            .ok()
+            .map(|c| c.holder)
+            .filter(|h| !h.is_empty());
+        status.gateway_reachable = Some(snapshot.gateway_reachable);
+        status.last_transition = Some(format!(
+            "{} -> {}: {}",
+            snapshot.previous, snapshot.state, snapshot.last_reason
+        ));
+        *self.control.status.lock().expect("status lock") = status;
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(plane) = self.plane.take() {
+            let _ = plane.stop();
+        }
+    }
+}
+
+/// A thread that pings the gateway when asked and reports reachability.
+fn pinger(addr: SocketAddr, timeout: Duration) -> (Sender<()>, Receiver<bool>) {
+    let (request_tx, request_rx) = mpsc::channel::<()>();
+    let (result_tx, result_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("twinmq-gateway-ping".into())
+        .spawn(move || {
+            for () in request_rx {
+                if result_tx.send(gateway::ping(addr, timeout)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn gateway pinger");
+    (request_tx, result_rx)
+}
+
+/// Writes `value` to `path` durably (temp file, fsync, rename, dir fsync).
+fn persist(path: &std::path::Path, value: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    writeln!(file, "{value}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        crate::io::sync_dir(dir)?;
+    }
+    Ok(())
+}
