@@ -173,3 +173,55 @@ fn losing_only_the_gateway_changes_nothing_but_losing_gateway_and_peer_stops_ser
     let refused = connect(&pair, active).unwrap_err();
     assert!(refused.to_string().contains("not active"), "{refused}");
 }
+
+/// Measurement, not a test of timing: `cargo test --release --test ha_shared
+/// -- --ignored --nocapture failover_time` prints, for N failovers (default
+/// 20, `TWINMQ_FAILOVERS`), the time from SIGKILL of the active to the first
+/// acknowledged send on the new active, with the shipped default timings.
+#[test]
+#[ignore]
+fn failover_time() {
+    let runs: usize = std::env::var("TWINMQ_FAILOVERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut pair = Pair::new();
+    pair.start(0);
+    let mut active = pair.wait_active();
+    pair.start(1 - active);
+    pair.wait_state(1 - active, "PASSIVE");
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let survivor = 1 - active;
+        pair.kill(active);
+        let killed = Instant::now();
+        loop {
+            if let Ok(client) = connect(&pair, survivor)
+                && client
+                    .producer(ProducerOptions::default())
+                    .send_and_wait(QUEUE, Bytes::from_static(b"x"))
+                    .is_ok()
+            {
+                break;
+            }
+            assert!(killed.elapsed() < READY_TIMEOUT, "run {run}: no failover");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        times.push(killed.elapsed());
+        pair.start(active);
+        pair.wait_state(active, "PASSIVE");
+        active = survivor;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "shared-mode failover over {runs} runs: p50 {:.0} ms, max {:.0} ms, min {:.0} ms (all: {:?})",
+        ms(times[times.len() / 2]),
+        ms(*times.last().unwrap()),
+        ms(times[0]),
+        times
+            .iter()
+            .map(|d| ms(*d).round() as u64)
+            .collect::<Vec<_>>()
+    );
+}

@@ -19,7 +19,7 @@
 use super::gateway;
 use super::link::{Link, LinkConfig, LinkEvent, Params, PeerMessage};
 use super::lock_file::{Acquire, LockContent, LockFile};
-use super::machine::{self, Action, Input, LockResult, Machine, Mode, Stamp, Time, Timings};
+use super::machine::{self, Action, Input, LockResult, Machine, Mode, Stamp, State, Time, Timings};
 use crate::admin::{Control, Status};
 use crate::config::{HaConfig, HaMode, HaRole, Profile};
 use crate::ids::{Epoch, Offset};
@@ -288,6 +288,8 @@ struct Run {
     gateway_in_flight: bool,
     redirector: Option<Redirector>,
     plane: Option<DataPlane>,
+    /// A data plane being recovered on its own thread (so heartbeats go on).
+    activating: Option<Receiver<Result<DataPlane, String>>>,
     confirmed_path: PathBuf,
     control: Arc<HaControl>,
     started: Instant,
@@ -352,6 +354,7 @@ impl Run {
             gateway_in_flight: false,
             redirector: Some(redirector),
             plane: None,
+            activating: None,
             confirmed_path,
             control,
             started: Instant::now(),
@@ -373,6 +376,10 @@ impl Run {
             while let Ok(reachable) = self.gateway_rx.try_recv() {
                 self.gateway_in_flight = false;
                 inputs.push(Input::Gateway { reachable });
+            }
+            if let Some(result) = self.activating.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                self.activating = None;
+                inputs.push(self.activated(result));
             }
             if self.plane.as_ref().is_some_and(DataPlane::any_stopped) {
                 tracing::error!("a shard stopped: this server stops serving");
@@ -557,21 +564,19 @@ impl Run {
                 if let Some(mut redirector) = self.redirector.take() {
                     redirector.stop();
                 }
-                return Some(
-                    match DataPlane::start(&self.profile, Some(self.epoch), false) {
-                        Ok(plane) => {
-                            self.plane = Some(plane);
-                            Input::Recovered
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "could not activate the data plane");
-                            self.restart_redirector();
-                            Input::Lock(LockResult::Lost {
-                                reason: error.to_string(),
-                            })
-                        }
-                    },
-                );
+                // On its own thread: a large journal takes a while to
+                // recover, and heartbeats must go on meanwhile.
+                let (tx, rx) = mpsc::channel();
+                let (profile, epoch) = (self.profile.clone(), self.epoch);
+                std::thread::Builder::new()
+                    .name("twinmq-recover".into())
+                    .spawn(move || {
+                        let result = DataPlane::start(&profile, Some(epoch), false)
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(result);
+                    })
+                    .expect("spawn recovery thread");
+                self.activating = Some(rx);
             }
             Action::StartSync { .. } => {
                 tracing::warn!("replicated catch-up is not available yet");
@@ -579,6 +584,28 @@ impl Run {
             Action::Log(line) => tracing::info!("{line}"),
         }
         None
+    }
+
+    /// The data plane recovered (or could not): becomes `Recovered`, or a
+    /// lost lock that falls back.
+    fn activated(&mut self, result: Result<DataPlane, String>) -> Input {
+        match result {
+            Ok(plane) if self.machine.state() == State::Activating => {
+                self.plane = Some(plane);
+                Input::Recovered
+            }
+            Ok(plane) => {
+                // The activation was called off meanwhile: never serve.
+                let _ = plane.stop();
+                self.restart_redirector();
+                Input::Tick
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not activate the data plane");
+                self.restart_redirector();
+                Input::Lock(LockResult::Lost { reason: error })
+            }
+        }
     }
 
     /// Stops serving at once: the data plane stops (flushing what it has)
