@@ -8,8 +8,7 @@
 //! the pair converges to ACTIVE/PASSIVE within a bound, and every
 //! acknowledged write is in the active server's history.
 //!
-//! `TWINMQ_SIM_SEEDS=N` runs N seeds per mode (default 1000 each, 2000 in
-//! all); a failure prints `SEED=…`, and `TWINMQ_SEED=…` replays that seed.
+//! `TWINMQ_SIM_SEEDS=N` runs N seeds per mode (default 2000 each); a failure prints `SEED=…`, and `TWINMQ_SEED=…` replays that seed.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -600,7 +599,7 @@ fn seeds() -> Vec<u64> {
     let count = std::env::var("TWINMQ_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(2000);
     (0..count).collect()
 }
 

@@ -368,7 +368,21 @@ impl Run {
     }
 
     fn run(&mut self) -> Result<(), DriverError> {
+        // Told once if the peer has not shown up after a few heartbeat
+        // timeouts: the usual cause is a backup never started or misconfigured.
+        let lonely_after = Duration::from_millis(self.ha.ping_interval_ms.into())
+            * (self.ha.heartbeat_misses_max * 5);
+        let mut lonely_told = false;
         while !self.control.stopping() {
+            if !lonely_told && !self.link_announced && self.started.elapsed() > lonely_after {
+                lonely_told = true;
+                tracing::warn!(
+                    "Backup Server not Connected. Check configuration or Start backup Server ..."
+                );
+            }
+            if self.link_announced {
+                lonely_told = true;
+            }
             let mut inputs = vec![Input::Tick];
             while let Ok(event) = self.link_rx.try_recv() {
                 inputs.extend(self.link_event(event));
