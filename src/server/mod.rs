@@ -61,6 +61,12 @@ pub enum ServerError {
     Panicked(usize),
     #[error(transparent)]
     Ha(#[from] crate::ha::driver::DriverError),
+    /// A profile asks for something this build cannot do yet.
+    #[error("{key}: {why}")]
+    Unsupported {
+        key: &'static str,
+        why: &'static str,
+    },
 }
 
 /// What the admin endpoint reports about a data plane.
@@ -325,7 +331,16 @@ impl Server {
     /// Starts the server a profile describes: single, or one of an HA pair.
     pub fn start(profile: &Profile) -> Result<Server, ServerError> {
         let (listener, admin_addr) = bind_admin(profile)?;
-        if profile.ha.is_some() {
+        if let Some(ha) = &profile.ha {
+            if ha.mode == crate::config::HaMode::Replicated {
+                // Without the replicated data path (dual write, catch-up) a
+                // replicated pair would claim to serve and serve nothing.
+                return Err(ServerError::Unsupported {
+                    key: "ha.mode",
+                    why: "\"replicated\" needs the replication data path, which this build does not have yet; \
+                          use mode = \"shared\" (profiles/shared/)",
+                });
+            }
             let driver = crate::ha::driver::Driver::start(profile.clone())?;
             let control = driver.control();
             let admin = admin::serve(listener, control.clone());
