@@ -34,8 +34,9 @@ enum Command {
     },
     /// Run a local HA pair (gateway, primary, secondary) in the foreground.
     Up {
-        /// `shared` (one data directory) or `replicated`.
-        #[arg(long, default_value = "replicated")]
+        /// `shared` (one data directory) or `replicated` (not yet available:
+        /// the default becomes `replicated` once it is).
+        #[arg(long, default_value = "shared")]
         mode: String,
         /// Where data, the lock file, profiles and logs go.
         #[arg(long, default_value = "data/pair")]

@@ -185,7 +185,8 @@ fn failover_time() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let mut pair = Pair::new();
+    // The shipped journal settings (64 MiB segments): recovery reads them.
+    let mut pair = Pair::with_journal("");
     pair.start(0);
     let mut active = pair.wait_active();
     pair.start(1 - active);

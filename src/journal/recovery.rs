@@ -126,7 +126,10 @@ fn classify(
     let file = files[index];
     let hole = file.start + pos as u64;
     let mut erase_to = hole;
+    // The magic sits 4 bytes into a header; a SIMD substring search skips
+    // the (usually zero-filled) rest of a segment quickly.
     let magic = MAGIC.to_le_bytes();
+    let finder = memchr::memmem::Finder::new(&magic);
     for (later_index, later) in files.iter().enumerate().skip(index) {
         let mut q = if later_index == index {
             pos + 1
@@ -135,20 +138,25 @@ fn classify(
             0
         };
         while q + HEADER_BYTES <= data.len() {
-            if data[q + 4..q + 6] == magic {
-                let payload_max = (data.len() - q - HEADER_BYTES) as u32;
-                if let Ok(header) = record::check(&data[q..], later.start + q as u64, payload_max) {
-                    if header.batch_start() > hole {
-                        let reason = format!(
-                            "{invalid}, yet a later batch is intact at offset {}",
-                            header.offset
-                        );
-                        return Err(corrupt(file, hole, reason));
-                    }
-                    erase_to = erase_to.max(header.end());
-                    q += header.record_bytes();
-                    continue;
+            let Some(found) = finder.find(&data[q + 4..]) else {
+                break;
+            };
+            q += found;
+            if q + HEADER_BYTES > data.len() {
+                break;
+            }
+            let payload_max = (data.len() - q - HEADER_BYTES) as u32;
+            if let Ok(header) = record::check(&data[q..], later.start + q as u64, payload_max) {
+                if header.batch_start() > hole {
+                    let reason = format!(
+                        "{invalid}, yet a later batch is intact at offset {}",
+                        header.offset
+                    );
+                    return Err(corrupt(file, hole, reason));
                 }
+                erase_to = erase_to.max(header.end());
+                q += header.record_bytes();
+                continue;
             }
             q += 1;
         }

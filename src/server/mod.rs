@@ -93,6 +93,46 @@ fn broker_settings(profile: &Profile, shards: usize) -> BrokerSettings {
     }
 }
 
+/// Opens and recovers one shard's journal and broker; refuses if the
+/// journal already holds `epoch` or a newer one.
+fn recover_shard(
+    profile: &Profile,
+    data_dir: &std::path::Path,
+    index: usize,
+    epoch: Option<Epoch>,
+    settings: BrokerSettings,
+) -> Result<(Journal, Broker), ServerError> {
+    let path = data_dir.join(format!("shard-{index:03}"));
+    let journal_error = |source| ServerError::Journal {
+        shard: index,
+        path: path.clone(),
+        source,
+    };
+    let journal = Journal::open(&path, profile.journal.options()).map_err(journal_error)?;
+    if let Some(epoch) = epoch
+        && journal.epoch() >= epoch
+    {
+        return Err(ServerError::Fenced {
+            shard: index,
+            requested: epoch.get(),
+            found: journal.epoch().get(),
+        });
+    }
+    let mut broker = Broker::new(ShardId(index as u16), settings);
+    let records = shard::recover(&journal, &mut broker).map_err(journal_error)?;
+    let report = journal.recovery_report();
+    tracing::info!(
+        shard = index,
+        records,
+        messages = broker.message_count(),
+        start = report.start.get(),
+        end = report.end.get(),
+        torn = report.torn.is_some(),
+        "recovered shard journal"
+    );
+    Ok((journal, broker))
+}
+
 /// Journals and shard threads.
 #[derive(Debug)]
 pub struct DataPlane {
@@ -119,37 +159,25 @@ impl DataPlane {
             source,
         })?;
         let settings = broker_settings(profile, shards);
+        // Shards recover in parallel: a failover waits for the slowest, not
+        // for their sum.
+        let recovered: Vec<Result<(Journal, Broker), ServerError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..shards)
+                .map(|index| {
+                    let settings = settings.clone();
+                    let data_dir = &data_dir;
+                    scope.spawn(move || recover_shard(profile, data_dir, index, epoch, settings))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("recovery thread"))
+                .collect()
+        });
         let mut journals = Vec::with_capacity(shards);
         let mut brokers = Vec::with_capacity(shards);
-        for index in 0..shards {
-            let path = data_dir.join(format!("shard-{index:03}"));
-            let journal_error = |source| ServerError::Journal {
-                shard: index,
-                path: path.clone(),
-                source,
-            };
-            let journal = Journal::open(&path, profile.journal.options()).map_err(journal_error)?;
-            if let Some(epoch) = epoch
-                && journal.epoch() >= epoch
-            {
-                return Err(ServerError::Fenced {
-                    shard: index,
-                    requested: epoch.get(),
-                    found: journal.epoch().get(),
-                });
-            }
-            let mut broker = Broker::new(ShardId(index as u16), settings.clone());
-            let records = shard::recover(&journal, &mut broker).map_err(journal_error)?;
-            let report = journal.recovery_report();
-            tracing::info!(
-                shard = index,
-                records,
-                messages = broker.message_count(),
-                start = report.start.get(),
-                end = report.end.get(),
-                torn = report.torn.is_some(),
-                "recovered shard journal"
-            );
+        for result in recovered {
+            let (journal, broker) = result?;
             journals.push(journal);
             brokers.push(broker);
         }

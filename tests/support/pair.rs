@@ -43,8 +43,14 @@ fn spawn(args: &[&str], log: &std::path::Path) -> Child {
 }
 
 impl Pair {
-    /// Writes the profiles and starts the gateway; servers start with `start`.
+    /// Writes the profiles (small journal segments, so tests stay quick)
+    /// and starts the gateway; servers start with `start`.
     pub fn new() -> Pair {
+        Pair::with_journal("segment_bytes = 1048576\nbatch_bytes_max = 262144\n")
+    }
+
+    /// As `new`, with this `[journal]` section (empty: the shipped defaults).
+    pub fn with_journal(journal: &str) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let gateway = addr(free_port());
         let ha = [free_port(), free_port()];
@@ -56,7 +62,7 @@ impl Pair {
             let profile = dir.path().join(format!("{}.toml", names[i]));
             let text = format!(
                 "[server]\nname = \"{name}\"\ndata_dir = \"{data}\"\nshards = 2\nclient_listen = \"{client}\"\nadmin_listen = \"{admin}\"\n\n\
-                 [journal]\nsegment_bytes = 1048576\nbatch_bytes_max = 262144\n\n\
+                 [journal]\n{journal}\n\
                  [ha]\nmode = \"shared\"\nrole = \"{name}\"\ncluster_id = \"test-pair\"\ncluster_key = \"test-cluster-key-0123\"\n\
                  listen = \"127.0.0.1:{listen}\"\npeer = \"127.0.0.1:{peer}\"\npeer_client = \"{peer_client}\"\n\
                  lock_file = \"{lock}\"\ngateway = \"{gateway}\"\n",
