@@ -20,5 +20,6 @@ pub mod journal;
 pub mod net;
 pub mod pair;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod shard;
