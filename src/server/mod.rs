@@ -358,6 +358,9 @@ fn bind_admin(profile: &Profile) -> Result<(TcpListener, SocketAddr), ServerErro
 impl Server {
     /// Starts the server a profile describes: single, or one of an HA pair.
     pub fn start(profile: &Profile) -> Result<Server, ServerError> {
+        // Even a passive checks now: finding io_uring forbidden at failover
+        // time would be too late.
+        crate::io::probe()?;
         let (listener, admin_addr) = bind_admin(profile)?;
         if let Some(ha) = &profile.ha {
             if ha.mode == crate::config::HaMode::Replicated {
