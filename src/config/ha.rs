@@ -981,15 +981,7 @@ standalone = "refuse""#);
         ];
         for &(extra, key, why) in cases {
             let error = parse(&ha_profile(extra)).unwrap_err();
-            assert!(
-                matches!(&error, ConfigError::Invalid { key: k, .. } if k == key),
-                "{extra}: {error:?}"
-            );
-            let shown = error.to_string();
-            assert!(
-                shown.starts_with(&format!("profile {ORIGIN}: {key}: ")) && shown.contains(why),
-                "{extra}: {shown}"
-            );
+            crate::config::tests::assert_invalid(&error, ORIGIN, key, why, extra);
         }
     }
 

@@ -218,17 +218,28 @@ fn invalid_values_name_the_key_and_why() {
                 format!("{}\n{extra}\n", kept.join("\n"))
             }
         };
-        let error = parse(&text).unwrap_err();
-        assert!(
-            matches!(&error, ConfigError::Invalid { key: k, .. } if k == key),
-            "{extra}: {error:?}"
-        );
-        let shown = error.to_string();
-        assert!(
-            shown.starts_with(&format!("profile {ORIGIN}: {key}: ")) && shown.contains(why),
-            "{extra}: {shown}"
-        );
+        assert_invalid(&parse(&text).unwrap_err(), ORIGIN, key, why, extra);
     }
+}
+
+/// Checks that `error` refuses exactly `key`, saying `why`, in the form
+/// operators see (`profile ORIGIN: key: …`).
+pub(in crate::config) fn assert_invalid(
+    error: &ConfigError,
+    origin: &str,
+    key: &str,
+    why: &str,
+    case: &str,
+) {
+    assert!(
+        matches!(error, ConfigError::Invalid { key: k, .. } if k == key),
+        "{case}: {error:?}"
+    );
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with(&format!("profile {origin}: {key}: ")) && shown.contains(why),
+        "{case}: {shown}"
+    );
 }
 
 #[test]
