@@ -359,13 +359,27 @@ impl Shard {
     /// Runs queued commands until the journal batch is full.
     fn run_commands(&mut self) {
         let now = now_ms();
-        while let Some(command) = self.local.front() {
-            let command = command.clone();
-            let (mut store, broker, outputs) = self.store();
-            match broker.handle(now, &command, &mut store, outputs) {
+        // Split borrows: the broker reads the queued command in place (no
+        // per-message clone) while it writes the journal and the outputs.
+        let Shard {
+            local,
+            journal,
+            broker,
+            outputs,
+            scratch,
+            config,
+            ..
+        } = self;
+        while let Some(command) = local.front() {
+            let mut store = JournalStore {
+                journal,
+                epoch: config.epoch,
+                scratch,
+            };
+            match broker.handle(now, command, &mut store, outputs) {
                 Handled::Retry => break,
                 Handled::Done => {
-                    self.local.pop_front();
+                    local.pop_front();
                 }
             }
         }

@@ -163,6 +163,18 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test shows what each server said: the temporary
+            // directory, logs included, is about to go.
+            for i in 0..2 {
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("---- {} log (last lines) ----", self.nodes[i].name);
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for i in 0..2 {
             if self.nodes[i].child.is_some() {
                 self.signal(i, libc::SIGCONT);

@@ -11,12 +11,24 @@ use std::time::{Duration, Instant};
 /// How long a server may take to start or stop in a test.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A free loopback port for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (32768 and up by default) and
+/// never twice in one process: a port picked by binding port 0 could be
+/// taken by a concurrent test's outgoing connection before the server binds
+/// it (seen as "Address already in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const BLOCK: u16 = 1000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test binaries run one at a time, but give each process its own block.
+    let base = 20_000 + (std::process::id() % 12) as u16 * BLOCK;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it holds or `timeout` passes.
