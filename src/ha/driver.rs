@@ -17,7 +17,7 @@
 //! before the lock is released.
 
 use super::gateway;
-use super::link::{Link, LinkConfig, LinkEvent, Params, PeerMessage};
+use super::link::{Link, LinkConfig, LinkEvent, PeerMessage};
 use super::lock_file::{Acquire, LockContent, LockFile};
 use super::machine::{self, Action, Input, LockResult, Machine, Mode, Stamp, State, Time, Timings};
 use crate::admin::{Control, Status};
@@ -115,16 +115,13 @@ impl Driver {
         };
         let (link_tx, link_rx) = mpsc::channel();
         let shards = profile.server.shard_count() as u32;
-        let link_config = LinkConfig {
-            node: profile.server.name.clone(),
-            role: ha.role,
-            precedence: ha.precedence(),
-            cluster_key: ha.cluster_key.clone(),
-            params: Params::from_config(&ha, shards, profile.journal.segment_bytes),
-            listen: ha.listen,
-            peer: ha.peer,
-            socket: ha.link_socket_options(&profile.net.ha),
-        };
+        let link_config = LinkConfig::from_config(
+            &profile.server.name,
+            &ha,
+            &profile.net.ha,
+            shards,
+            profile.journal.segment_bytes,
+        );
         let link = Link::start(link_config, link_tx).map_err(DriverError::Link)?;
         let redirector = Redirector::start(profile.server.client_listen, ha.peer_client)
             .map_err(DriverError::Redirector)?;

@@ -2,9 +2,8 @@
 
 use super::JournalError;
 use crate::constants::{
-    BATCH_BYTES_DEFAULT, BATCH_BYTES_MAX, BATCH_BYTES_MIN, BLOCK_BYTES, RECORD_HEADER_BYTES,
-    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SPARE_SEGMENTS_DEFAULT,
-    SPARE_SEGMENTS_MAX,
+    BATCH_BYTES_DEFAULT, BATCH_BYTES_MAX, BATCH_BYTES_MIN, BLOCK_BYTES, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SPARE_SEGMENTS_DEFAULT, SPARE_SEGMENTS_MAX,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -121,11 +120,6 @@ impl JournalOptions {
             );
         }
         Ok(())
-    }
-
-    /// Largest payload a record may carry.
-    pub fn payload_bytes_max(&self) -> usize {
-        self.batch_bytes_max - RECORD_HEADER_BYTES
     }
 }
 
