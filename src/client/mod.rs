@@ -569,12 +569,10 @@ impl FrameReader {
                 self.len -= used;
                 return Ok(frame);
             }
-            if self.len >= 4 {
-                let need =
-                    4 + u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-                if need > self.buf.len() {
-                    self.buf.resize(need, 0);
-                }
+            if let Some(need) = protocol::frame_bytes(&self.buf[..self.len])
+                && need > self.buf.len()
+            {
+                self.buf.resize(need, 0);
             }
             let n = self.stream.read(&mut self.buf[self.len..])?;
             if n == 0 {

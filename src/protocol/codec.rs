@@ -76,6 +76,14 @@ impl Default for Limits {
     }
 }
 
+/// Total size (length prefix included) of the frame at the front of `buf`,
+/// once its prefix has arrived: how much a reader must buffer. The length
+/// is checked against the limits by `decode`, which a reader calls first.
+pub fn frame_bytes(buf: &[u8]) -> Option<usize> {
+    let prefix = buf.first_chunk::<LEN_PREFIX_BYTES>()?;
+    Some(LEN_PREFIX_BYTES + u32::from_le_bytes(*prefix) as usize)
+}
+
 /// Decodes the first frame in `buf`.
 ///
 /// - `Ok(None)`: `buf` holds no whole frame yet; read more and call again
@@ -598,6 +606,14 @@ mod tests {
         let mut out = Vec::new();
         frame.encode(&mut out).expect("encodable frame");
         out
+    }
+
+    #[test]
+    fn frame_bytes_reads_the_whole_size_from_the_prefix_alone() {
+        let bytes = encoded(&Frame::Ping(Ping { token: 9 }));
+        assert_eq!(frame_bytes(&bytes[..4]), Some(bytes.len()));
+        assert_eq!(frame_bytes(&bytes), Some(bytes.len()));
+        assert_eq!(frame_bytes(&bytes[..3]), None);
     }
 
     /// A frame as raw bytes: length prefix, type byte, body as given.

@@ -265,11 +265,11 @@ impl Conn {
         self.rlen -= consumed;
         // Make room for a frame larger than the buffer (its length was
         // already checked against the limit by `decode`).
-        if self.rlen >= 4 {
-            let need = 4 + u32::from_le_bytes(self.rbuf[..4].try_into().expect("4 bytes")) as usize;
-            if need > self.rbuf.len() && need <= limits.frame_bytes_max as usize + 4 {
-                self.rbuf.resize(need, 0);
-            }
+        if let Some(need) = protocol::frame_bytes(&self.rbuf[..self.rlen])
+            && need > self.rbuf.len()
+            && need <= limits.frame_bytes_max as usize + protocol::LEN_PREFIX_BYTES
+        {
+            self.rbuf.resize(need, 0);
         }
     }
 
