@@ -407,10 +407,7 @@ impl Broker {
         match record {
             BrokerRecord::Message(message) => {
                 let id = MessageId::persistent(self.shard, offset);
-                let data = Arc::new(MessageData {
-                    headers: message.headers,
-                    body: message.body,
-                });
+                let data = message.data;
                 self.ensure_in_memory(&message.destination);
                 self.store_message(
                     id,
@@ -787,8 +784,7 @@ impl Broker {
                 producer_id: send.producer_id,
                 sequence: send.sequence,
                 expires_at_ms: send.expires_at_ms,
-                headers: send.data.headers.clone(),
-                body: send.data.body.clone(),
+                data: send.data.clone(),
             });
             let (offset, end) = store.append(&record)?;
             (
@@ -1191,11 +1187,7 @@ impl Broker {
             return Ok(data.clone());
         }
         let offset = id.offset().expect("uncached messages are persistent");
-        let record = store.read_message(offset)?;
-        Ok(Arc::new(MessageData {
-            headers: record.headers,
-            body: record.body,
-        }))
+        Ok(store.read_message(offset)?.data)
     }
 
     fn emit_after(&mut self, after: AfterDurable, id: MessageId, out: &mut Vec<Output>) {

@@ -5,10 +5,12 @@
 //! Primitives: integers little-endian; `str` = u16 length + UTF-8; `bytes` =
 //! u32 length + bytes; `headers` = u16 count + (str, str) pairs.
 
+use super::MessageData;
 use crate::ids::MessageId;
 use crate::journal::RecordKind;
 use crate::protocol::Destination;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// A message stored on a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +20,8 @@ pub struct MessageRecord {
     pub sequence: u64,
     /// Unix time in ms after which the message is dropped; 0 = never.
     pub expires_at_ms: u64,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
+    /// Headers and body, shared with the broker's copy (no clone to journal).
+    pub data: Arc<MessageData>,
 }
 
 /// A record the broker writes.
@@ -73,13 +75,13 @@ impl BrokerRecord {
                 out.extend_from_slice(&m.producer_id.to_le_bytes());
                 out.extend_from_slice(&m.sequence.to_le_bytes());
                 out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
-                out.extend_from_slice(&(m.headers.len() as u16).to_le_bytes());
-                for (key, value) in &m.headers {
+                out.extend_from_slice(&(m.data.headers.len() as u16).to_le_bytes());
+                for (key, value) in &m.data.headers {
                     put_str(out, key);
                     put_str(out, value);
                 }
-                out.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
-                out.extend_from_slice(&m.body);
+                out.extend_from_slice(&(m.data.body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&m.data.body);
             }
             BrokerRecord::Settle {
                 destination,
@@ -123,8 +125,7 @@ impl BrokerRecord {
                     producer_id,
                     sequence,
                     expires_at_ms,
-                    headers,
-                    body,
+                    data: Arc::new(MessageData { headers, body }),
                 })
             }
             RecordKind::Settle => {
@@ -228,8 +229,10 @@ mod tests {
                 producer_id: 7,
                 sequence: 9,
                 expires_at_ms: 123,
-                headers: vec![("k".into(), "v".into())],
-                body: Bytes::from_static(b"body"),
+                data: Arc::new(MessageData {
+                    headers: vec![("k".into(), "v".into())],
+                    body: Bytes::from_static(b"body"),
+                }),
             }),
             BrokerRecord::Settle {
                 destination: topic.clone(),
