@@ -71,7 +71,7 @@ impl BrokerRecord {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             BrokerRecord::Message(m) => {
-                put_str(out, &m.destination.to_string());
+                put_str(out, m.destination.as_str());
                 out.extend_from_slice(&m.producer_id.to_le_bytes());
                 out.extend_from_slice(&m.sequence.to_le_bytes());
                 out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
@@ -88,16 +88,16 @@ impl BrokerRecord {
                 subscription,
                 message,
             } => {
-                put_str(out, &destination.to_string());
+                put_str(out, destination.as_str());
                 put_str(out, subscription.as_deref().unwrap_or(""));
                 out.extend_from_slice(&message.0.to_le_bytes());
             }
             BrokerRecord::DestinationCreate(d) | BrokerRecord::DestinationDelete(d) => {
-                put_str(out, &d.to_string());
+                put_str(out, d.as_str());
             }
             BrokerRecord::SubscriptionCreate { topic, name }
             | BrokerRecord::SubscriptionDelete { topic, name } => {
-                put_str(out, &topic.to_string());
+                put_str(out, topic.as_str());
                 put_str(out, name);
             }
         }

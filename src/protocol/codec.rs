@@ -392,26 +392,71 @@ impl Frame {
     /// server's limit is negotiated (WELCOME's `frame_bytes_max`), so the
     /// sender compares against that.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
-        let start = out.len();
-        let result = encode_frame(self, out, start);
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
+        encode_with(out, self.frame_type(), self.name(), |w| {
+            encode_body(self, w)
+        })
     }
 }
 
-/// Writes `frame` at `out[start..]`, filling in the length prefix last.
-fn encode_frame(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), ProtocolError> {
+/// A DELIVER frame over borrowed parts: how a server encodes a delivery
+/// straight from the message it holds, without building an owned
+/// [`Deliver`] (the same bytes as `Frame::Deliver(..).encode`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverRef<'a> {
+    pub subscription_id: u32,
+    pub message_id: u64,
+    pub delivery_count: u32,
+    pub destination: &'a str,
+    pub persistent: bool,
+    pub headers: &'a [Header],
+    pub body: &'a [u8],
+}
+
+impl DeliverRef<'_> {
+    /// Appends the frame to `out`, as [`Frame::encode`] does.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        encode_with(out, FrameType::Deliver, "DELIVER", |w| {
+            write_deliver(w, self)
+        })
+    }
+}
+
+fn write_deliver(w: &mut Writer<'_>, d: &DeliverRef<'_>) -> Result<(), ProtocolError> {
+    w.u32(d.subscription_id);
+    w.u64(d.message_id);
+    w.u32(d.delivery_count);
+    w.str("destination", d.destination)?;
+    w.bool(d.persistent);
+    w.headers(d.headers)?;
+    w.bytes("body", d.body)
+}
+
+/// Appends one frame: the length prefix (filled in last), the type byte and
+/// what `body` writes. On error `out` is left as it was.
+fn encode_with(
+    out: &mut Vec<u8>,
+    frame_type: FrameType,
+    name: &'static str,
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), ProtocolError>,
+) -> Result<(), ProtocolError> {
+    let start = out.len();
+    let result = encode_at(out, start, frame_type, name, body);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn encode_at(
+    out: &mut Vec<u8>,
+    start: usize,
+    frame_type: FrameType,
+    name: &'static str,
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), ProtocolError>,
+) -> Result<(), ProtocolError> {
     out.extend_from_slice(&[0; LEN_PREFIX_BYTES]);
-    out.push(frame.frame_type() as u8);
-    encode_body(
-        frame,
-        &mut Writer {
-            out,
-            frame: frame.name(),
-        },
-    )?;
+    out.push(frame_type as u8);
+    body(&mut Writer { out, frame: name })?;
     let len = out.len() - start - LEN_PREFIX_BYTES;
     let len = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge {
         len: len as u64,
@@ -468,15 +513,18 @@ fn encode_body(frame: &Frame, w: &mut Writer<'_>) -> Result<(), ProtocolError> {
             w.u32(f.subscription_id);
             w.bool(f.remove_durable);
         }
-        Frame::Deliver(f) => {
-            w.u32(f.subscription_id);
-            w.u64(f.message_id);
-            w.u32(f.delivery_count);
-            w.str("destination", &f.destination)?;
-            w.bool(f.persistent);
-            w.headers(&f.headers)?;
-            w.bytes("body", &f.body)?;
-        }
+        Frame::Deliver(f) => write_deliver(
+            w,
+            &DeliverRef {
+                subscription_id: f.subscription_id,
+                message_id: f.message_id,
+                delivery_count: f.delivery_count,
+                destination: &f.destination,
+                persistent: f.persistent,
+                headers: &f.headers,
+                body: &f.body,
+            },
+        )?,
         Frame::Ack(f) => {
             w.u32(f.subscription_id);
             w.u64(f.message_id);
@@ -606,6 +654,31 @@ mod tests {
         let mut out = Vec::new();
         frame.encode(&mut out).expect("encodable frame");
         out
+    }
+
+    #[test]
+    fn borrowed_deliver_encodes_the_same_bytes_as_the_owned_frame() {
+        let owned = Deliver {
+            subscription_id: 3,
+            message_id: 77,
+            delivery_count: 2,
+            destination: "/queue/q".into(),
+            persistent: true,
+            headers: vec![("k".into(), "v".into())],
+            body: bytes::Bytes::from_static(b"body"),
+        };
+        let borrowed = DeliverRef {
+            subscription_id: 3,
+            message_id: 77,
+            delivery_count: 2,
+            destination: "/queue/q",
+            persistent: true,
+            headers: &owned.headers,
+            body: &owned.body,
+        };
+        let mut out = Vec::new();
+        borrowed.encode(&mut out).unwrap();
+        assert_eq!(out, encoded(&Frame::Deliver(owned)));
     }
 
     #[test]

@@ -18,8 +18,14 @@ pub enum DestinationKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Destination {
     kind: DestinationKind,
-    name: String,
+    /// The whole text, prefix included, kept so that encoding a frame or a
+    /// record needs no formatting. (Ordering by it orders queues first, as
+    /// by kind then name.)
+    text: String,
 }
+
+/// Length of `/queue/` and `/topic/` alike.
+const PREFIX_BYTES: usize = 7;
 
 /// Why a destination string is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,10 +58,7 @@ impl Destination {
                 found,
             });
         }
-        Ok(Destination {
-            kind,
-            name: name.to_owned(),
-        })
+        Ok(Destination { kind, text: text() })
     }
 
     pub fn queue(name: &str) -> Result<Destination, DestinationError> {
@@ -72,13 +75,20 @@ impl Destination {
 
     /// The name without its prefix.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.text[PREFIX_BYTES..]
+    }
+
+    /// The whole destination as written, e.g. `/queue/orders`.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     pub fn is_queue(&self) -> bool {
         self.kind == DestinationKind::Queue
     }
 }
+
+const _: () = assert!("/queue/".len() == PREFIX_BYTES && "/topic/".len() == PREFIX_BYTES);
 
 fn prefix(kind: DestinationKind) -> &'static str {
     match kind {
@@ -102,7 +112,7 @@ impl FromStr for Destination {
 
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", prefix(self.kind), self.name)
+        f.write_str(&self.text)
     }
 }
 

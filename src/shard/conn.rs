@@ -148,15 +148,23 @@ impl Conn {
                 destination,
                 persistent,
                 data,
-            } => Frame::Deliver(protocol::Deliver {
-                subscription_id: to.subscription,
-                message_id: message.0,
-                delivery_count,
-                destination: destination.to_string(),
-                persistent,
-                headers: data.headers.clone(),
-                body: data.body.clone(),
-            }),
+            } => {
+                // Straight from the shared message: no owned frame, so no
+                // per-delivery copy of headers or destination.
+                let frame = protocol::DeliverRef {
+                    subscription_id: to.subscription,
+                    message_id: message.0,
+                    delivery_count,
+                    destination: destination.as_str(),
+                    persistent,
+                    headers: &data.headers,
+                    body: &data.body,
+                };
+                if let Err(error) = frame.encode(&mut self.wbuf) {
+                    tracing::error!(%error, "could not encode a delivery");
+                }
+                return;
+            }
             Output::Ok { request_id, .. } => Frame::Ok(protocol::OkFrame { request_id }),
             Output::Refused {
                 request_id,

@@ -54,7 +54,7 @@ const METADATA_CARRY_SEGMENTS: u64 = 2;
 /// always holds the same destinations.
 pub fn owner(destination: &Destination, shards: usize) -> ShardId {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in destination.to_string().bytes() {
+    for byte in destination.as_str().bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
