@@ -62,6 +62,10 @@ pub struct Status {
     /// HA: the last state change and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition: Option<String>,
+    /// Replicated HA: each shard's replication stream (lag, in sync,
+    /// catch-up progress), in shard order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<crate::shard::ReplicaStats>,
 }
 
 /// What the admin endpoint asks of the server it belongs to.
@@ -113,9 +117,11 @@ pub fn data_status(identity: &Identity, shared: &Shared) -> Status {
         lock_holder: None,
         gateway_reachable: None,
         last_transition: None,
+        replication: Vec::new(),
     };
     for stats in &shared.stats {
         let stats = stats.lock().expect("stats lock");
+        status.replication.extend(stats.replica.clone());
         status.connections += stats.connections;
         status.messages += stats.messages;
         status.cached_bytes += stats.cached_bytes;

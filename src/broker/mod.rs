@@ -105,6 +105,9 @@ pub struct SendCommand {
     pub expires_at_ms: u64,
     pub data: Arc<MessageData>,
     pub after: Option<AfterDurable>,
+    /// Acknowledge once the local journal has it (`local` ack mode), not
+    /// once the passive has it too (`replicated`).
+    pub local_ack: bool,
 }
 
 /// Input to the broker of the shard that owns the destination.
@@ -161,6 +164,9 @@ pub enum Refusal {
     NoSuchSubscription,
     SubscriptionExists,
     StorageFailure,
+    /// A `replicated` send while no passive is in sync and the profile
+    /// says `standalone = "refuse"`.
+    NotReplicated,
 }
 
 /// Output for a connection (possibly on another shard) or another shard.
@@ -318,7 +324,13 @@ pub struct Broker {
     meta_offsets: HashMap<Meta, Offset>,
     /// What waits for the journal to be durable past an offset: an output
     /// to emit, and the destination whose message became deliverable.
+    /// Gated on the commit point (`on_durable`).
     pending: VecDeque<(Offset, Option<AfterDurable>, MessageId, Destination)>,
+    /// Acknowledgements of `local` sends, gated on the local journal alone
+    /// (`on_local_durable`).
+    pending_local: VecDeque<(Offset, AfterDurable, MessageId)>,
+    /// Refuse `replicated` sends (standalone with `standalone = "refuse"`).
+    refuse_replicated: bool,
     /// The journal is durable below this; persistent messages at or past it
     /// are not delivered yet (a crash could still take them back).
     durable: Offset,
@@ -337,6 +349,8 @@ impl Broker {
             live_meta: BTreeMap::new(),
             meta_offsets: HashMap::new(),
             pending: VecDeque::new(),
+            pending_local: VecDeque::new(),
+            refuse_replicated: false,
             next_volatile: 0,
             cached_bytes: 0,
             durable: Offset::ZERO,
@@ -756,6 +770,21 @@ impl Broker {
             Some(AfterDurable::Ack { to, .. }) => Some(*to),
             _ => None,
         };
+        if let Some(to) = ack_to
+            && self.refuse_replicated
+            && !send.local_ack
+            && send.persistent
+        {
+            out.push(refused(
+                to,
+                send.sequence,
+                Refusal::NotReplicated,
+                "no passive is in sync and this server runs with standalone = \"refuse\": \
+                 send with ack mode local, or wait for the passive"
+                    .into(),
+            ));
+            return Ok(());
+        }
         if !self.destinations.contains_key(&send.destination) {
             if !self.settings.auto_create && send.destination != self.settings.dead_letter {
                 if let Some(to) = ack_to {
@@ -803,6 +832,11 @@ impl Broker {
             end.map(|(o, _)| o),
         );
         match (&send.after, end) {
+            (Some(after), Some((_, end))) if send.local_ack => {
+                self.pending_local.push_back((end, after.clone(), id));
+                self.pending
+                    .push_back((end, None, id, send.destination.clone()))
+            }
             (after, Some((_, end))) => {
                 self.pending
                     .push_back((end, after.clone(), id, send.destination.clone()))
@@ -1172,6 +1206,7 @@ impl Broker {
                 subscription: None,
                 message: id,
             })),
+            local_ack: false,
         }));
         Ok(())
     }
@@ -1209,8 +1244,29 @@ impl Broker {
         }
     }
 
-    /// The journal is durable below `durable`: emit what waited for it, and
-    /// return the destinations to dispatch (as `Command::Dispatch`).
+    /// Whether `replicated` sends are refused (standalone, `refuse`).
+    pub fn set_refuse_replicated(&mut self, refuse: bool) {
+        self.refuse_replicated = refuse;
+    }
+
+    /// The local journal is durable below `durable`: acknowledge the
+    /// `local` sends that waited for it.
+    pub fn on_local_durable(&mut self, durable: Offset, out: &mut Vec<Output>) {
+        while let Some((end, ..)) = self.pending_local.front() {
+            if *end > durable {
+                break;
+            }
+            let (_, after, id) = self.pending_local.pop_front().expect("front");
+            self.emit_after(after, id, out);
+        }
+    }
+
+    /// Everything below `durable` is committed — on the local disk, and on
+    /// the passive's when one is in sync: emit what waited for it (acks of
+    /// `replicated` sends, answers to metadata changes) and return the
+    /// destinations to dispatch (as `Command::Dispatch`). Messages are
+    /// delivered only once committed, so a consumer never sees one that a
+    /// failover could take back.
     pub fn on_durable(&mut self, durable: Offset, out: &mut Vec<Output>) -> Vec<Destination> {
         self.durable = self.durable.max(durable);
         let mut ready: Vec<Destination> = Vec::new();

@@ -76,6 +76,7 @@ fn send(destination: &str, body: &str, persistent: bool, producer: u64, sequence
             producer_id: producer,
             sequence,
         }),
+        local_ack: false,
     })
 }
 
@@ -511,5 +512,67 @@ fn bodies_beyond_the_cache_are_read_back_from_the_store() {
     assert_eq!(
         deliveries(&out),
         vec![(consumer(1, 1), "a body longer than ten bytes".into(), 1)]
+    );
+}
+
+fn with_local_ack(command: Command) -> Command {
+    match command {
+        Command::Send(send) => Command::Send(SendCommand {
+            local_ack: true,
+            ..send
+        }),
+        other => other,
+    }
+}
+
+#[test]
+fn local_sends_ack_on_the_local_flush_replicated_ones_and_deliveries_wait_for_the_commit() {
+    let mut w = World::new();
+    w.run(subscribe(consumer(5, 1), "/queue/a", None, 10));
+    w.run_undurable(with_local_ack(send("/queue/a", "local", true, 1, 1)));
+    w.run_undurable(send("/queue/a", "replicated", true, 2, 1));
+    let local_end = Offset(w.store.end);
+    let mut out = Vec::new();
+    w.broker.on_local_durable(local_end, &mut out);
+    assert!(
+        matches!(out.as_slice(), [Output::SendAck { to, .. }] if *to == conn(1)),
+        "only the local send is acknowledged by the local flush: {out:?}"
+    );
+    // The passive confirms: the replicated send is acknowledged and both
+    // messages are delivered, never before.
+    let after = w.durable();
+    assert!(
+        matches!(after.first(), Some(Output::SendAck { to, .. }) if *to == conn(2)),
+        "{after:?}"
+    );
+    assert_eq!(
+        deliveries(&after),
+        vec![
+            (consumer(5, 1), "local".into(), 1),
+            (consumer(5, 1), "replicated".into(), 1)
+        ]
+    );
+}
+
+#[test]
+fn standalone_refuse_turns_away_replicated_sends_but_takes_local_ones() {
+    let mut w = World::new();
+    w.broker.set_refuse_replicated(true);
+    let out = w.run(send("/queue/a", "m", true, 1, 1));
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Output::Refused {
+                refusal: Refusal::NotReplicated,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    let mut out = w.run_undurable(with_local_ack(send("/queue/a", "m", true, 1, 2)));
+    w.broker.on_local_durable(Offset(w.store.end), &mut out);
+    assert!(
+        matches!(out.as_slice(), [Output::SendAck { sequence: 2, .. }]),
+        "{out:?}"
     );
 }

@@ -23,7 +23,7 @@ use super::machine::{self, Action, Input, LockResult, Machine, Mode, Stamp, Stat
 use crate::admin::{Control, Status};
 use crate::config::{HaConfig, HaMode, HaRole, Profile};
 use crate::ids::{Epoch, Offset};
-use crate::server::DataPlane;
+use crate::server::{Activation, DataPlane};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -203,6 +203,7 @@ fn passive_status(profile: &Profile, ha: &HaConfig) -> Status {
         lock_holder: None,
         gateway_reachable: None,
         last_transition: None,
+        replication: Vec::new(),
     }
 }
 
@@ -582,7 +583,7 @@ impl Run {
                 std::thread::Builder::new()
                     .name("twinmq-recover".into())
                     .spawn(move || {
-                        let result = DataPlane::start(&profile, Some(epoch), false)
+                        let result = DataPlane::start(&profile, Activation::Epoch(epoch), false)
                             .map_err(|e| e.to_string());
                         let _ = tx.send(result);
                     })

@@ -26,6 +26,9 @@ pub enum Owner {
     Send = 4,
     /// The shard's eventfd read (cross-shard wake-up).
     Wake = 5,
+    /// A replication stream's send (id even) or receive (id odd); id / 2 =
+    /// the stream's generation.
+    Replica = 6,
 }
 
 /// A completion token: owner in the top byte, owner-defined id below.
@@ -47,6 +50,7 @@ impl Token {
             3 => Owner::Recv,
             4 => Owner::Send,
             5 => Owner::Wake,
+            6 => Owner::Replica,
             _ => return None,
         })
     }

@@ -30,7 +30,7 @@ pub use options::{Durability, FaultOp, JournalOptions, StorageFaults};
 pub use reader::{Record, RecordReader};
 pub use record::RecordKind;
 pub use recovery::{Scan, TornTail};
-pub use writer::{Journal, JournalEvent, RecoveryReport};
+pub use writer::{Journal, JournalEvent, LentBatch, RecoveryReport, batch_capacity};
 
 use std::path::Path;
 

@@ -222,9 +222,94 @@ pub fn check(bytes: &[u8], expected: Offset, payload_max: u32) -> Result<Header,
     Ok(header)
 }
 
+/// Walks the records at the start of `bytes` (a stretch of a log laid out
+/// in `segment_bytes` segments, starting at offset `at` on a record
+/// boundary), calling `f(position, length, is_record)` for each whole
+/// record and each run of zeros that ends a segment with less than a header
+/// left. Returns where the whole ones end. Reads lengths only; checking is
+/// the receiver's job.
+pub fn walk(
+    bytes: &[u8],
+    at: Offset,
+    segment_bytes: u64,
+    mut f: impl FnMut(usize, usize, bool),
+) -> usize {
+    let mut pos = 0;
+    loop {
+        let offset = at.get() + pos as u64;
+        let to_segment_end = (segment_bytes - offset % segment_bytes) as usize;
+        let rest = &bytes[pos..];
+        if to_segment_end < HEADER_BYTES {
+            if rest.len() < to_segment_end {
+                return pos;
+            }
+            f(pos, to_segment_end, false);
+            pos += to_segment_end;
+            continue;
+        }
+        if rest.len() < HEADER_BYTES {
+            return pos;
+        }
+        let total = HEADER_BYTES + u32_at(rest, 8) as usize;
+        if total > to_segment_end || rest.len() < total {
+            return pos;
+        }
+        f(pos, total, true);
+        pos += total;
+    }
+}
+
+/// Length of the longest prefix of whole records (see [`walk`]) and how
+/// many records (padding included) it holds.
+pub fn whole_records(bytes: &[u8], at: Offset, segment_bytes: u64) -> (usize, u64) {
+    let mut count = 0;
+    let end = walk(bytes, at, segment_bytes, |_, _, record| {
+        count += u64::from(record)
+    });
+    (end, count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_records_stops_at_the_first_partial_record_and_crosses_zero_tails() {
+        let mut log = Vec::new();
+        for (i, len) in [10usize, 0, 20].into_iter().enumerate() {
+            let mut rec = vec![0; HEADER_BYTES + len];
+            encode(
+                &mut rec,
+                RecordKind::Opaque,
+                0,
+                Offset(log.len() as u64),
+                Epoch(1),
+                &vec![i as u8; len],
+            );
+            log.extend_from_slice(&rec);
+        }
+        let records_end = log.len();
+        // A segment that ends 8 bytes later: too little for a header, zeros.
+        let segment = records_end as u64 + 8;
+        log.extend_from_slice(&[0; 8]);
+        let mut next = vec![0; HEADER_BYTES + 4];
+        encode(
+            &mut next,
+            RecordKind::Opaque,
+            0,
+            Offset(segment),
+            Epoch(1),
+            b"abcd",
+        );
+        log.extend_from_slice(&next);
+        let segment_bytes = segment;
+        let whole = |bytes: &[u8]| whole_records(bytes, Offset::ZERO, segment_bytes);
+        assert_eq!(whole(&log), (log.len(), 4));
+        assert_eq!(whole(&log[..log.len() - 1]), (segment as usize, 3));
+        assert_eq!(whole(&log[..records_end + 3]), (records_end, 3));
+        assert_eq!(whole(&log[..HEADER_BYTES + 9]), (0, 0));
+        assert_eq!(whole(&[]), (0, 0));
+    }
 
     fn record(payload: &[u8], offset: u64) -> Vec<u8> {
         let mut buf = vec![0; HEADER_BYTES + payload.len()];

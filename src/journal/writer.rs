@@ -102,6 +102,32 @@ struct InFlight {
     parts: [Option<Part>; 4],
     pending: usize,
     failure: Option<String>,
+    /// Bytes `[start, end)` of this batch are lent out (to a replication
+    /// send) until `return_batch`.
+    lent: bool,
+    start: Offset,
+    head: usize,
+}
+
+/// New bytes of the in-flight batch, lent to a second consumer (the
+/// replication stream) that reads them straight from the batch buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LentBatch {
+    pub start: Offset,
+    pub end: Offset,
+    /// Valid until `Journal::return_batch`: the buffer is neither reused
+    /// nor freed before.
+    pub ptr: *const u8,
+}
+
+impl LentBatch {
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
 }
 
 /// One shard's journal. Not thread-safe by design: it lives on its shard
@@ -118,6 +144,9 @@ pub struct Journal {
     filling: Batch,
     in_flight: Option<InFlight>,
     free: Option<(AlignedBuf, u16)>,
+    /// A completed batch whose bytes are still lent out; it becomes the
+    /// free buffer once returned.
+    lent: Option<(AlignedBuf, u16)>,
     /// The ring (by id) the two buffers are registered with, and the table
     /// index of slot 0; `None` as index when registration was refused.
     fixed: Option<(u64, Option<u16>)>,
@@ -138,13 +167,17 @@ impl Drop for Journal {
             );
             std::mem::forget(in_flight.buf);
         }
+        // Likewise a lent batch: a send may still read it.
+        if let Some((buf, _)) = self.lent.take() {
+            std::mem::forget(buf);
+        }
     }
 }
 
 /// Capacity of a batch buffer: the carry block, the cap, and one more cap for
 /// a record that overflows it plus the segment padding before that record.
-fn batch_capacity(options: &JournalOptions) -> usize {
-    2 * options.batch_bytes_max + 2 * BLOCK_BYTES
+pub fn batch_capacity(batch_bytes_max: usize) -> usize {
+    2 * batch_bytes_max + 2 * BLOCK_BYTES
 }
 
 impl Journal {
@@ -183,7 +216,7 @@ impl Journal {
             segments: files.len(),
             torn: scan.torn.clone(),
         };
-        let capacity = batch_capacity(&options);
+        let capacity = batch_capacity(options.batch_bytes_max);
         let mut journal = Journal {
             durability,
             files,
@@ -202,6 +235,7 @@ impl Journal {
             },
             in_flight: None,
             free: Some((AlignedBuf::zeroed(capacity), 1)),
+            lent: None,
             fixed: None,
             seq: 0,
             poison: None,
@@ -411,7 +445,7 @@ impl Journal {
         }
         let epochs = self.verify_raw(at, bytes)?;
         let used = self.filling.new_bytes();
-        let capacity = batch_capacity(&self.options) - BLOCK_BYTES;
+        let capacity = batch_capacity(self.options.batch_bytes_max) - BLOCK_BYTES;
         if bytes.len() > capacity {
             return Err(JournalError::InvalidRaw {
                 offset: at.get(),
@@ -510,7 +544,9 @@ impl Journal {
 
     fn submit_now(&mut self, ring: &mut Ring) -> Result<bool, JournalError> {
         self.check_poison()?;
-        if self.in_flight.is_some() || self.filling.new_bytes() == 0 {
+        // A lent batch holds the second buffer: the next flush waits for it
+        // to come back (backpressure from the replication stream).
+        if self.in_flight.is_some() || self.filling.new_bytes() == 0 || self.free.is_none() {
             return Ok(false);
         }
         let direct = self.durability == Durability::DirectDsync;
@@ -617,6 +653,9 @@ impl Journal {
             parts,
             pending: count,
             failure: None,
+            lent: false,
+            start: old.base + old.head as u64,
+            head: old.head,
         });
         Ok(true)
     }
@@ -680,7 +719,11 @@ impl Journal {
             return None;
         }
         let done = self.in_flight.take().expect("in flight");
-        self.free = Some((done.buf, done.slot));
+        if done.lent {
+            self.lent = Some((done.buf, done.slot));
+        } else {
+            self.free = Some((done.buf, done.slot));
+        }
         match done.failure {
             Some(failure) => {
                 // Never retried: after a failed fsync the page cache may have
@@ -697,9 +740,50 @@ impl Journal {
         }
     }
 
+    /// Lends the new bytes of the batch being flushed (the replication
+    /// stream sends them from this very buffer). `None` when no batch is in
+    /// flight or it is already lent. The buffer stays put until
+    /// `return_batch`, and no later batch is flushed before.
+    pub fn lend_batch(&mut self) -> Option<LentBatch> {
+        let in_flight = self.in_flight.as_mut()?;
+        if in_flight.lent || self.lent.is_some() {
+            return None;
+        }
+        in_flight.lent = true;
+        Some(LentBatch {
+            start: in_flight.start,
+            end: in_flight.end,
+            ptr: in_flight.buf[in_flight.head..].as_ptr(),
+        })
+    }
+
+    /// The lent batch's second consumer is done with its bytes.
+    pub fn return_batch(&mut self) {
+        match (&mut self.in_flight, self.lent.take()) {
+            (_, Some(buf)) => {
+                assert!(self.free.is_none(), "two free buffers and a lent one");
+                self.free = Some(buf);
+            }
+            (Some(in_flight), None) if in_flight.lent => in_flight.lent = false,
+            _ => panic!("return_batch without a lent batch"),
+        }
+    }
+
+    /// The log range of the batch being flushed, if any.
+    pub fn in_flight_range(&self) -> Option<(Offset, Offset)> {
+        self.in_flight.as_ref().map(|f| (f.start, f.end))
+    }
+
+    /// Whether a batch is lent out (`lend_batch` without `return_batch`).
+    pub fn batch_lent(&self) -> bool {
+        self.lent.is_some() || self.in_flight.as_ref().is_some_and(|f| f.lent)
+    }
+
     /// Drives `ring` until every appended byte is durable (ignoring the
-    /// linger). For tests, tools, shutdown and anything off the hot path.
+    /// linger). For tests, tools, start-up and shutdown: completions of
+    /// other owners on the ring are dropped, and no batch may be lent.
     pub fn sync(&mut self, ring: &mut Ring) -> Result<Offset, JournalError> {
+        assert!(!self.batch_lent(), "sync with a lent batch would never end");
         let mut completions = Vec::new();
         loop {
             self.check_poison()?;
@@ -712,8 +796,18 @@ impl Journal {
             completions.clear();
             ring.reap(&mut completions);
             for completion in completions.drain(..) {
-                self.complete(completion);
+                if completion.token.owner() == Some(Owner::Journal) {
+                    self.complete(completion);
+                }
             }
+        }
+    }
+
+    /// Makes the filling batch due now (ignoring the linger): the next
+    /// `submit` starts its flush.
+    pub fn flush_soon(&mut self) {
+        if self.filling.new_bytes() > 0 {
+            self.filling.refused = true;
         }
     }
 

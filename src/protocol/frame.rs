@@ -294,6 +294,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The server is up but not serving clients (e.g. it lost its lock).
     NotServing,
+    /// A `replicated` send was refused: no passive is in sync and the
+    /// server is configured with `standalone = "refuse"`.
+    NotReplicated,
     /// A server bug; the text says more.
     Internal,
     /// A code this build does not know (sent by a newer peer). Never holds a
@@ -320,6 +323,7 @@ impl ErrorCode {
             21 => ErrorCode::TooManyConnections,
             22 => ErrorCode::ShuttingDown,
             23 => ErrorCode::NotServing,
+            24 => ErrorCode::NotReplicated,
             99 => ErrorCode::Internal,
             other => ErrorCode::Other(other),
         }
@@ -343,6 +347,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => 21,
             ErrorCode::ShuttingDown => 22,
             ErrorCode::NotServing => 23,
+            ErrorCode::NotReplicated => 24,
             ErrorCode::Internal => 99,
             ErrorCode::Other(code) => code,
         }
@@ -368,6 +373,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::TooManyConnections => "too many connections",
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::NotServing => "not serving",
+            ErrorCode::NotReplicated => "not replicated (no passive in sync)",
             ErrorCode::Internal => "internal error",
             ErrorCode::Other(code) => return write!(f, "error code {code}"),
         };

@@ -104,5 +104,7 @@ pub fn catchup(active: &History, passive: &History) -> Result<Catchup, CatchupEr
     })
 }
 
+pub mod wire;
+
 #[cfg(test)]
 mod tests;

@@ -93,6 +93,18 @@ fn broker_settings(profile: &Profile, shards: usize) -> BrokerSettings {
     }
 }
 
+/// Which epoch a data plane opens when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// This one (shared HA takeover): refused if a journal already holds it
+    /// or a newer one.
+    Epoch(Epoch),
+    /// The next after the journals' newest (a single server).
+    Next,
+    /// None: the HA control thread opens epochs (replicated HA).
+    Deferred,
+}
+
 /// Opens and recovers one shard's journal and broker; refuses if the
 /// journal already holds `epoch` or a newer one.
 fn recover_shard(
@@ -143,14 +155,17 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Recovers every shard and starts its thread, serving in `epoch` (the
-    /// next after the journals' newest when `None`). `serving` sets the
-    /// initial client gate.
+    /// Recovers every shard and starts its thread, opening the epoch
+    /// `activation` says. `serving` sets the initial client gate.
     pub fn start(
         profile: &Profile,
-        epoch: Option<Epoch>,
+        activation: Activation,
         serving: bool,
     ) -> Result<DataPlane, ServerError> {
+        let epoch = match activation {
+            Activation::Epoch(epoch) => Some(epoch),
+            Activation::Next | Activation::Deferred => None,
+        };
         crate::io::probe()?;
         let shards = profile.server.shard_count();
         let data_dir = profile.server.data_dir.clone();
@@ -181,9 +196,15 @@ impl DataPlane {
             journals.push(journal);
             brokers.push(broker);
         }
-        let epoch = epoch.unwrap_or_else(|| {
-            Epoch(journals.iter().map(|j| j.epoch().get()).max().unwrap_or(0) + 1)
-        });
+        let newest = Epoch(journals.iter().map(|j| j.epoch().get()).max().unwrap_or(0));
+        let (epoch, opened) = match activation {
+            Activation::Epoch(epoch) => (epoch, Some(epoch)),
+            Activation::Next => (Epoch(newest.get() + 1), Some(Epoch(newest.get() + 1))),
+            Activation::Deferred => (newest, None),
+        };
+        let replicated = activation == Activation::Deferred;
+        let ha = profile.ha.as_ref();
+        let hot_standby = ha.is_none_or(|ha| ha.standby == crate::config::HaStandby::Hot);
 
         let socket = profile.net.client.clone();
         let first = crate::net::listen(profile.server.client_listen, &socket, true)
@@ -205,6 +226,14 @@ impl DataPlane {
         let meshes = mesh::build(shards, MESH_QUEUE_CAPACITY).map_err(ServerError::Listen)?;
         let wakers = meshes[0].all_wakers();
         let shared = Shared::new(shards, serving);
+        // Seeded now so the control thread sees the recovered history
+        // before the shards publish their own figures.
+        for (stats, journal) in shared.stats.iter().zip(&journals) {
+            let mut stats = stats.lock().expect("stats lock");
+            stats.epoch = journal.epoch().get();
+            stats.journal_start = journal.start_offset().get();
+            stats.journal_end = journal.end_offset().get();
+        }
         let max_connections = (profile.server.max_connections as usize).div_ceil(shards);
         let mut threads = Vec::with_capacity(shards);
         for (index, ((journal, broker), (listener, mesh))) in journals
@@ -217,7 +246,17 @@ impl DataPlane {
                 id: ShardId(index as u16),
                 shards,
                 server_name: profile.server.name.clone(),
-                epoch,
+                epoch: opened,
+                role: if replicated {
+                    shard::Role::Idle
+                } else {
+                    shard::Role::Solo {
+                        refuse_replicated: false,
+                    }
+                },
+                default_local_ack: false,
+                hot_standby,
+                batch_bytes_max: profile.journal.batch_bytes_max,
                 socket: socket.clone(),
                 max_connections,
                 limits,
@@ -256,6 +295,68 @@ impl DataPlane {
 
     pub fn status(&self) -> Status {
         admin::data_status(&self.identity, &self.shared)
+    }
+
+    /// Queues a request for `shard` and wakes it.
+    pub fn control(&self, shard: usize, request: shard::ShardControl) {
+        self.shared.controls[shard]
+            .lock()
+            .expect("control lock")
+            .push_back(request);
+        self.wakers[shard].wake();
+    }
+
+    /// Opens `epoch` in every shard's journal and waits until each
+    /// epoch-start record is durable (and a stale broker rebuilt).
+    pub fn begin_epoch(&self, epoch: Epoch, timeout: std::time::Duration) -> Result<(), String> {
+        let replies: Vec<_> = (0..self.identity.shards)
+            .map(|shard| {
+                let (done, reply) = std::sync::mpsc::channel();
+                self.control(shard, shard::ShardControl::BeginEpoch { epoch, done });
+                reply
+            })
+            .collect();
+        let deadline = Instant::now() + timeout;
+        for (shard, reply) in replies.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match reply.recv_timeout(left) {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(format!(
+                        "shard {shard} did not record epoch {epoch} within {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each shard's replication figures, in shard order.
+    pub fn replication(&self) -> Vec<shard::ReplicaStats> {
+        self.shared
+            .stats
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .expect("stats lock")
+                    .replica
+                    .clone()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Where this server's history stands: the newest epoch of any shard,
+    /// and the sum of the shards' journal ends.
+    pub fn history(&self) -> (Epoch, u64) {
+        self.shared
+            .stats
+            .iter()
+            .fold((Epoch::NONE, 0), |(epoch, end), s| {
+                let s = s.lock().expect("stats lock");
+                (epoch.max(Epoch(s.epoch)), end + s.journal_end)
+            })
     }
 
     /// Asks every shard to stop (each flushes its journal first).
@@ -382,7 +483,7 @@ impl Server {
                 admin_addr,
             });
         }
-        let plane = DataPlane::start(profile, None, true)?;
+        let plane = DataPlane::start(profile, Activation::Next, true)?;
         let identity = plane.identity().clone();
         tracing::info!(
             server = %identity.name, client_addr = %identity.client_addr, %admin_addr, shards = identity.shards,

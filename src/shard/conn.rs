@@ -61,6 +61,8 @@ pub struct Conn {
     /// The answer to a good HELLO, written by the connection itself so that
     /// it precedes anything else the connection says.
     welcome: protocol::Welcome,
+    /// What `AckMode::Default` means here: the profile's `ha.ack_mode`.
+    default_local_ack: bool,
 }
 
 impl Conn {
@@ -69,6 +71,7 @@ impl Conn {
         stream: TcpStream,
         deadline: Instant,
         welcome: protocol::Welcome,
+        default_local_ack: bool,
     ) -> Conn {
         Conn {
             id,
@@ -86,6 +89,7 @@ impl Conn {
             closing: Closing::Open,
             shut: false,
             welcome,
+            default_local_ack,
         }
     }
 
@@ -367,6 +371,11 @@ impl Conn {
                         producer_id: send.producer_id,
                         sequence: send.sequence,
                     }),
+                    local_ack: match send.ack_mode {
+                        protocol::AckMode::Local => true,
+                        protocol::AckMode::Replicated => false,
+                        protocol::AckMode::Default => self.default_local_ack,
+                    },
                 });
                 requests.push(Request {
                     destination,

@@ -19,6 +19,9 @@
 
 mod conn;
 pub mod mesh;
+mod replica;
+
+pub use replica::{ReplicaStats, Role, ShardControl};
 
 use crate::broker::records::{BrokerRecord, MessageRecord};
 use crate::broker::{
@@ -33,6 +36,7 @@ use crate::protocol::{Destination, ErrorCode, Limits};
 use conn::Conn;
 use io_uring::{opcode, types};
 use mesh::{Mesh, ShardMsg};
+use replica::{After, Replica};
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -67,12 +71,21 @@ pub struct ShardConfig {
     pub id: ShardId,
     pub shards: usize,
     pub server_name: String,
-    pub epoch: Epoch,
+    /// The epoch to open at start-up; `None` (replicated HA) waits for the
+    /// control thread's `BeginEpoch`.
+    pub epoch: Option<Epoch>,
+    /// The replication role to start in.
+    pub role: Role,
+    /// What a producer's default ack mode means (`ha.ack_mode = "local"`).
+    pub default_local_ack: bool,
+    /// Apply replicated records to the broker as they arrive (hot standby).
+    pub hot_standby: bool,
     pub socket: SocketOptions,
     pub max_connections: usize,
     pub limits: Limits,
     pub settings: BrokerSettings,
     pub segment_bytes: u64,
+    pub batch_bytes_max: usize,
 }
 
 /// A shard's figures, published for the admin endpoint.
@@ -86,6 +99,9 @@ pub struct ShardStats {
     pub messages: usize,
     pub cached_bytes: usize,
     pub poisoned: Option<String>,
+    /// Newest epoch in the journal.
+    pub epoch: u64,
+    pub replica: Option<ReplicaStats>,
 }
 
 /// What shards share with the control plane (not on the data path).
@@ -98,6 +114,9 @@ pub struct Shared {
     /// The active server's client address, named in NOT_ACTIVE redirects.
     pub active_hint: Mutex<String>,
     pub stats: Vec<Mutex<ShardStats>>,
+    /// Requests from the HA control thread, per shard (the shard is woken
+    /// through its mesh eventfd after a push).
+    pub controls: Vec<Mutex<VecDeque<ShardControl>>>,
 }
 
 impl Shared {
@@ -109,6 +128,7 @@ impl Shared {
             stats: (0..shards)
                 .map(|_| Mutex::new(ShardStats::default()))
                 .collect(),
+            controls: (0..shards).map(|_| Mutex::new(VecDeque::new())).collect(),
         })
     }
 }
@@ -167,26 +187,39 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Applies one journal record to a broker (recovery, hot standby).
+fn replay_record(
+    broker: &mut Broker,
+    offset: Offset,
+    kind: RecordKind,
+    payload: &[u8],
+) -> Result<bool, JournalError> {
+    match BrokerRecord::decode(kind, payload) {
+        Ok(Some(decoded)) => {
+            broker.replay(offset, decoded);
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(error) => Err(JournalError::Corrupt {
+            segment: String::new(),
+            offset: offset.get(),
+            reason: error.to_string(),
+        }),
+    }
+}
+
 /// Rebuilds a broker from its journal (every record from the start).
 pub fn recover(journal: &Journal, broker: &mut Broker) -> Result<u64, JournalError> {
     let mut reader = RecordReader::new(journal.start_offset());
     let mut count = 0;
     while let Some(record) = reader.next_record(journal)? {
         let offset = record.header.offset;
-        match BrokerRecord::decode(record.header.kind, record.payload) {
-            Ok(Some(decoded)) => {
-                broker.replay(offset, decoded);
-                count += 1;
-            }
-            Ok(None) => {}
-            Err(error) => {
-                return Err(JournalError::Corrupt {
-                    segment: String::new(),
-                    offset: offset.get(),
-                    reason: error.to_string(),
-                });
-            }
-        }
+        count += u64::from(replay_record(
+            broker,
+            offset,
+            record.header.kind,
+            record.payload,
+        )?);
     }
     broker.set_durable(journal.durable_offset());
     Ok(count)
@@ -212,6 +245,20 @@ struct Shard {
     accept_armed: bool,
     accepting: bool,
     completions: Vec<Completion>,
+    /// The epoch records are written in (changes on `BeginEpoch`).
+    epoch: Epoch,
+    replica: Replica,
+    /// Where `on_durable` was last told committed data ends.
+    committed: Offset,
+    /// An epoch start waiting to be durable, and who waits for it.
+    begun: Option<(Offset, std::sync::mpsc::Sender<Result<(), String>>)>,
+    /// A `BeginEpoch` the journal had no room for yet.
+    begin_waiting: Option<(Epoch, std::sync::mpsc::Sender<Result<(), String>>)>,
+    /// The broker no longer matches the journal (it served, then followed,
+    /// or the journal was cut): rebuild before serving again.
+    broker_stale: bool,
+    /// Records a passive appended, for the broker (hot standby).
+    applied: Vec<(Offset, Vec<u8>)>,
 }
 
 /// Runs a shard until `shared.stop`; the journal must already be recovered
@@ -226,6 +273,15 @@ pub fn run(
 ) -> Result<(), ShardError> {
     let id = config.id.0;
     let ring = Ring::new(crate::constants::RING_ENTRIES_DEFAULT)?;
+    let mut replica = Replica::new(
+        config.role,
+        config.batch_bytes_max,
+        crate::journal::batch_capacity(config.batch_bytes_max),
+        config.segment_bytes,
+    );
+    replica.apply = config.hot_standby;
+    let epoch = journal.epoch();
+    let committed = journal.durable_offset();
     let mut shard = Shard {
         config,
         ring,
@@ -244,6 +300,13 @@ pub fn run(
         accept_armed: false,
         accepting: true,
         completions: Vec::new(),
+        epoch,
+        replica,
+        committed,
+        begun: None,
+        begin_waiting: None,
+        broker_stale: false,
+        applied: Vec::new(),
     };
     shard.start()?;
     shard
@@ -252,19 +315,206 @@ pub fn run(
 }
 
 impl Shard {
-    /// Opens the epoch in this shard's journal.
+    /// Opens the configured epoch (if any) in this shard's journal.
     fn start(&mut self) -> Result<(), ShardError> {
         let shard = self.config.id.0;
-        if self.journal.epoch() < self.config.epoch {
+        if let Some(epoch) = self.config.epoch
+            && self.journal.epoch() < epoch
+        {
             self.journal
-                .append(RecordKind::EpochStart, self.config.epoch, b"")
+                .append(RecordKind::EpochStart, epoch, b"")
                 .map_err(|source| ShardError::Journal { shard, source })?;
             self.journal
                 .sync(&mut self.ring)
                 .map_err(|source| ShardError::Journal { shard, source })?;
+            self.epoch = epoch;
         }
         self.broker.set_durable(self.journal.durable_offset());
+        self.committed = self.journal.durable_offset();
+        self.publish_stats();
         Ok(())
+    }
+
+    /// Whether this shard writes records of its own (it serves).
+    fn writes(&self) -> bool {
+        self.replica.acks_local()
+    }
+
+    /// Carries out the control thread's requests.
+    fn take_controls(&mut self) {
+        let requests: Vec<ShardControl> = {
+            let mut queue = self.shared.controls[usize::from(self.config.id.0)]
+                .lock()
+                .expect("control lock");
+            if queue.is_empty() {
+                return;
+            }
+            queue.drain(..).collect()
+        };
+        for request in requests {
+            match request {
+                ShardControl::BeginEpoch { epoch, done } => self.begin_epoch(epoch, done),
+                ShardControl::Lead => {
+                    self.broker.set_refuse_replicated(false);
+                    self.set_role(Role::Lead);
+                }
+                ShardControl::Solo { refuse_replicated } => {
+                    self.broker.set_refuse_replicated(refuse_replicated);
+                    self.set_role(Role::Solo { refuse_replicated });
+                }
+                ShardControl::Follow(stream) => {
+                    self.set_role(Role::Follow);
+                    self.replica.follow(stream);
+                }
+                ShardControl::Accept(stream) => self.replica.accept(stream, &mut self.journal),
+                ShardControl::Idle => self.set_role(Role::Idle),
+            }
+        }
+        self.advance_commit();
+    }
+
+    fn set_role(&mut self, role: Role) {
+        if self.writes() && matches!(role, Role::Idle | Role::Follow) {
+            // Its consumers and deliveries were this server's alone.
+            self.broker_stale = true;
+        }
+        self.replica.set_role(role, &mut self.journal);
+    }
+
+    /// Opens `epoch`: the epoch-start record goes in (after the stream
+    /// from a deposed active is dropped), and `done` hears once it is
+    /// durable.
+    fn begin_epoch(&mut self, epoch: Epoch, done: std::sync::mpsc::Sender<Result<(), String>>) {
+        self.replica.close_follower("this server opens a new epoch");
+        if self.journal.epoch() >= epoch {
+            let _ = done.send(Err(format!(
+                "shard {}: the journal already holds epoch {} (asked to open {epoch})",
+                self.config.id.0,
+                self.journal.epoch()
+            )));
+            return;
+        }
+        match self.journal.append(RecordKind::EpochStart, epoch, b"") {
+            Ok(offset) => {
+                self.epoch = epoch;
+                let end = offset + RECORD_HEADER_BYTES as u64;
+                self.begun = Some((end, done));
+                self.journal.flush_soon();
+            }
+            Err(JournalError::Full) => self.begin_waiting = Some((epoch, done)),
+            Err(error) => {
+                let _ = done.send(Err(format!("shard {}: {error}", self.config.id.0)));
+            }
+        }
+    }
+
+    /// An epoch start became durable: a broker that no longer matches the
+    /// journal (warm standby, or stale) is rebuilt before anything is served.
+    fn epoch_durable(&mut self, durable: Offset) {
+        let Some((end, _)) = &self.begun else {
+            return;
+        };
+        if durable < *end {
+            return;
+        }
+        let (_, done) = self.begun.take().expect("checked");
+        if (self.broker_stale || !self.config.hot_standby)
+            && let Err(error) = self.rebuild_broker()
+        {
+            let _ = done.send(Err(error));
+            return;
+        }
+        self.broker.set_durable(durable);
+        self.committed = self.committed.max(durable);
+        let _ = done.send(Ok(()));
+    }
+
+    /// Rebuilds the broker from the journal (everything in it is durable).
+    fn rebuild_broker(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let mut broker = Broker::new(self.config.id, self.config.settings.clone());
+        let records = recover(&self.journal, &mut broker).map_err(|e| {
+            format!(
+                "shard {}: rebuilding from the journal: {e}",
+                self.config.id.0
+            )
+        })?;
+        self.broker = broker;
+        self.broker_stale = false;
+        tracing::info!(
+            shard = self.config.id.0,
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "broker rebuilt from the journal"
+        );
+        Ok(())
+    }
+
+    /// Tells the broker how far data is committed (and, for `local`
+    /// sends, durable), and dispatches what that makes deliverable.
+    fn advance_commit(&mut self) {
+        let durable = self.journal.durable_offset();
+        if self.replica.acks_local() {
+            self.broker.on_local_durable(durable, &mut self.outputs);
+        }
+        if let Some(commit) = self.replica.commit_point(durable)
+            && commit > self.committed
+        {
+            self.committed = commit;
+            let ready = self.broker.on_durable(commit, &mut self.outputs);
+            self.local.extend(ready.into_iter().map(Command::Dispatch));
+        }
+        self.route_outputs();
+    }
+
+    /// Hands records a passive appended to its broker (hot standby).
+    fn apply_replicated(&mut self) {
+        for (offset, bytes) in std::mem::take(&mut self.applied) {
+            if self.broker_stale {
+                continue;
+            }
+            let mut failed = None;
+            crate::journal::record::walk(
+                &bytes,
+                offset,
+                self.config.segment_bytes,
+                |pos, len, record| {
+                    if !record || failed.is_some() {
+                        return;
+                    }
+                    let at = offset + pos as u64;
+                    let header =
+                        crate::journal::record::parse_header(&bytes[pos..pos + len], at, u32::MAX)
+                            .expect("append_raw checked it");
+                    let payload = &bytes[pos + RECORD_HEADER_BYTES..pos + len];
+                    if let Err(error) = replay_record(&mut self.broker, at, header.kind, payload) {
+                        failed = Some(error);
+                    }
+                },
+            );
+            if let Some(error) = failed {
+                // The bytes are on disk and identical to the active's; only
+                // the in-memory copy is off: rebuild it at takeover.
+                tracing::error!(shard = self.config.id.0, %error, "hot standby could not apply a record");
+                self.broker_stale = true;
+            }
+        }
+    }
+
+    fn after_replica(&mut self, after: After) {
+        self.apply_replicated();
+        match after {
+            After::Nothing => {}
+            After::Commit => self.advance_commit(),
+            After::Rebuild => {
+                self.broker_stale = true;
+                if self.config.hot_standby
+                    && let Err(error) = self.rebuild_broker()
+                {
+                    tracing::error!(%error, "hot standby: rebuild failed; retried at takeover");
+                }
+            }
+        }
     }
 
     fn event_loop(&mut self) -> std::io::Result<()> {
@@ -274,12 +524,20 @@ impl Shard {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return self.shutdown();
             }
+            self.take_controls();
             self.arm()?;
             self.run_commands();
-            let now = Instant::now();
-            if let Err(error) = self.journal.submit(now, &mut self.ring) {
-                self.note_poison(&error.to_string());
+            if let Some((epoch, done)) = self.begin_waiting.take() {
+                self.begin_epoch(epoch, done);
             }
+            let now = Instant::now();
+            match self.journal.submit(now, &mut self.ring) {
+                Ok(true) => self.replica.batch_started(&mut self.journal),
+                Ok(false) => {}
+                Err(error) => self.note_poison(&error.to_string()),
+            }
+            self.replica.pump(&mut self.journal);
+            self.replica.start_io(&mut self.ring)?;
             self.flush_connections()?;
             self.mesh.flush();
             let timeout = if self.mesh.has_overflow() {
@@ -307,7 +565,7 @@ impl Shard {
                 last_tick = Instant::now();
                 self.tick();
             }
-            if last_stats.elapsed() >= STATS_EVERY {
+            if self.replica.dirty || last_stats.elapsed() >= STATS_EVERY {
                 last_stats = Instant::now();
                 self.publish_stats();
             }
@@ -348,7 +606,7 @@ impl Shard {
         (
             JournalStore {
                 journal: &mut self.journal,
-                epoch: self.config.epoch,
+                epoch: self.epoch,
                 scratch: &mut self.scratch,
             },
             &mut self.broker,
@@ -358,6 +616,13 @@ impl Shard {
 
     /// Runs queued commands until the journal batch is full.
     fn run_commands(&mut self) {
+        if !self.writes() {
+            // Not serving: nothing of this server's own may enter the
+            // journal (a passive's journal is the active's, byte for byte).
+            // Clients are redirected; what they asked is not done here.
+            self.local.clear();
+            return;
+        }
         let now = now_ms();
         // Split borrows: the broker reads the queued command in place (no
         // per-message clone) while it writes the journal and the outputs.
@@ -367,13 +632,13 @@ impl Shard {
             broker,
             outputs,
             scratch,
-            config,
+            epoch,
             ..
         } = self;
         while let Some(command) = local.front() {
             let mut store = JournalStore {
                 journal,
-                epoch: config.epoch,
+                epoch: *epoch,
                 scratch,
             };
             match broker.handle(now, command, &mut store, outputs) {
@@ -427,7 +692,7 @@ impl Shard {
             Output::Deliver { to, .. } => to.conn.seq,
             _ => return,
         };
-        let epoch = self.config.epoch;
+        let epoch = self.epoch;
         if let Some(conn) = self.conns.get_mut(&conn_seq) {
             conn.write_output(output, epoch);
         }
@@ -454,17 +719,24 @@ impl Shard {
         match token.owner() {
             Some(Owner::Journal) => match self.journal.complete(completion) {
                 Some(JournalEvent::Durable(durable)) => {
-                    let ready = self.broker.on_durable(durable, &mut self.outputs);
-                    self.local.extend(ready.into_iter().map(Command::Dispatch));
-                    self.route_outputs();
-                    let release = self.broker.release_point().unwrap_or(durable).min(durable);
-                    if let Err(error) = self.journal.release_below(release) {
-                        tracing::warn!(shard = self.config.id.0, %error, "could not release journal segments");
-                    }
+                    self.replica.follower_durable(durable);
+                    self.epoch_durable(durable);
+                    self.advance_commit();
+                    self.release(durable);
+                    let after = self
+                        .replica
+                        .retry_follower(&mut self.journal, &mut self.applied);
+                    self.after_replica(after);
                 }
                 Some(JournalEvent::Poisoned(cause)) => self.note_poison(&cause),
                 None => {}
             },
+            Some(Owner::Replica) => {
+                let after = self
+                    .replica
+                    .complete(completion, &mut self.journal, &mut self.applied);
+                self.after_replica(after);
+            }
             Some(Owner::Wake) => self.wake_armed = false,
             Some(Owner::Accept) => {
                 self.accept_armed = false;
@@ -525,10 +797,10 @@ impl Shard {
         let welcome = crate::protocol::Welcome {
             version: crate::protocol::PROTOCOL_VERSION,
             server_id: self.config.server_name.clone(),
-            epoch: self.config.epoch.get(),
+            epoch: self.epoch.get(),
             frame_bytes_max: self.config.limits.frame_bytes_max,
         };
-        let mut conn = Conn::new(id, stream, deadline, welcome);
+        let mut conn = Conn::new(id, stream, deadline, welcome, self.config.default_local_ack);
         if self.conns.len() >= self.config.max_connections {
             conn.fail(ErrorCode::TooManyConnections, "too many connections".into());
         }
@@ -559,6 +831,9 @@ impl Shard {
                 conn.redirect(active);
             }
         }
+        if !self.writes() {
+            return;
+        }
         let end = self.journal.end_offset();
         let distance = self.config.segment_bytes * METADATA_CARRY_SEGMENTS;
         let (mut store, broker, outputs) = self.store();
@@ -581,7 +856,29 @@ impl Shard {
         }
     }
 
+    /// Releases settled segments the passive no longer needs either. A
+    /// passive keeps everything while its broker is not applied (warm or
+    /// stale): it cannot tell what is settled.
+    fn release(&mut self, durable: Offset) {
+        if self.replica.role == Role::Follow && (self.broker_stale || !self.config.hot_standby) {
+            return;
+        }
+        let mut release = self.broker.release_point().unwrap_or(durable).min(durable);
+        if let Some(keep) = self.replica.retain_from() {
+            release = release.min(keep);
+        }
+        if let Err(error) = self.journal.release_below(release) {
+            tracing::warn!(shard = self.config.id.0, %error, "could not release journal segments");
+        }
+    }
+
     fn publish_stats(&mut self) {
+        let mut replica = None;
+        if self.config.epoch.is_none() {
+            let mut stats = ShardStats::default();
+            self.replica.publish(&mut stats);
+            replica = stats.replica;
+        }
         let stats = ShardStats {
             connections: self.conns.len(),
             destinations: self.broker.stats(),
@@ -591,6 +888,8 @@ impl Shard {
             messages: self.broker.message_count(),
             cached_bytes: self.broker.cached_bytes(),
             poisoned: self.journal.poisoned().map(|c| c.to_string()),
+            epoch: self.journal.epoch().get(),
+            replica,
         };
         *self.shared.stats[usize::from(self.config.id.0)]
             .lock()
@@ -602,6 +901,28 @@ impl Shard {
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.accepting = false;
         self.run_commands();
+        // Streams first: a lent batch must come back before the final sync.
+        self.replica.set_role(Role::Idle, &mut self.journal);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.replica.busy() && Instant::now() < deadline {
+            self.ring
+                .submit_and_wait_timeout(1, Duration::from_millis(50))?;
+            self.completions.clear();
+            self.ring.reap(&mut self.completions);
+            for completion in std::mem::take(&mut self.completions) {
+                match completion.token.owner() {
+                    Some(Owner::Replica) => {
+                        let mut ignored = Vec::new();
+                        self.replica
+                            .complete(completion, &mut self.journal, &mut ignored);
+                    }
+                    Some(Owner::Journal) => {
+                        self.journal.complete(completion);
+                    }
+                    _ => {}
+                }
+            }
+        }
         match self.journal.sync(&mut self.ring) {
             Ok(durable) => {
                 let _ = self.broker.on_durable(durable, &mut self.outputs);
@@ -626,6 +947,7 @@ fn refusal_code(refusal: Refusal) -> ErrorCode {
         Refusal::NoSuchSubscription => ErrorCode::NoSuchSubscription,
         Refusal::SubscriptionExists => ErrorCode::SubscriptionExists,
         Refusal::StorageFailure => ErrorCode::StorageFailure,
+        Refusal::NotReplicated => ErrorCode::NotReplicated,
     }
 }
 

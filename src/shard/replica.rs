@@ -1,0 +1,1035 @@
+//! A shard's end of its replication stream (replicated HA).
+//!
+//! ```text
+//!  active shard k                                          passive shard k
+//!  journal batch ──write──▶ disk                 ┌──▶ append_raw ──flush──▶ disk
+//!       │ (same buffer, lent)                    │         │ durable
+//!       └──────── Data ──────────────────────────┘         ▼
+//!  catch-up: read_raw ─▶ Data ──────────────────▶    Ack(durable offset)
+//!  commit = min(local durable, passive's ack) ◀────────────┘
+//! ```
+//! The passive dials (through `ha::link`, authenticated), says where its
+//! history stands (`Hello`); the active answers where to cut and where it
+//! streams from (`Sync`, from `replication::catchup`), then sends `Data`
+//! frames: first read back from its journal (catch-up) while it keeps
+//! appending, then — once the catch-up cursor meets the batch being flushed
+//! — every batch straight from the journal's buffer (live), with no gap and
+//! no overlap. The passive checks every frame and record (offset, CRC,
+//! epoch) before appending, flushes, and acknowledges its durable offset;
+//! anything wrong closes the stream (the passive dials again and
+//! re-synchronises), so nothing wrong is ever applied.
+//!
+//! What it must never do: acknowledge from memory on the passive, send a
+//! byte that is not the active's journal at that offset, or free a lent
+//! batch before the kernel is done sending it.
+
+use super::ShardStats;
+use crate::ids::{Epoch, Offset};
+use crate::io::{Completion, Owner, Ring, Token};
+use crate::journal::record::whole_records;
+use crate::journal::{Journal, LentBatch};
+use crate::replication::wire::{self, Frame, HEADER_BYTES};
+use crate::replication::{History, catchup};
+use io_uring::{opcode, types};
+use std::collections::VecDeque;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::Sender;
+
+/// What the HA control thread asks of a shard (replicated mode).
+#[derive(Debug)]
+pub enum ShardControl {
+    /// Open `epoch`: append its epoch-start record (after dropping any
+    /// stream from the old active) and answer once it is durable.
+    BeginEpoch {
+        epoch: Epoch,
+        done: Sender<Result<(), String>>,
+    },
+    /// Active with a passive (ACTIVE_SYNC, ACTIVE): `replicated` sends and
+    /// deliveries wait for the passive's acknowledgement.
+    Lead,
+    /// Active alone (STANDALONE): everything commits on the local flush;
+    /// `replicated` sends are refused when `refuse_replicated`.
+    Solo { refuse_replicated: bool },
+    /// Passive (PASSIVE_SYNC, PASSIVE): apply this stream from the active.
+    Follow(TcpStream),
+    /// The passive's stream for this shard (accepted on the HA port).
+    Accept(TcpStream),
+    /// Neither (WAITING): drop every stream, acknowledge nothing.
+    Idle,
+}
+
+/// The shard's replication role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Idle,
+    Solo { refuse_replicated: bool },
+    Lead,
+    Follow,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Idle => "idle",
+            Role::Solo { .. } => "standalone",
+            Role::Lead => "leading",
+            Role::Follow => "following",
+        }
+    }
+}
+
+/// Replication figures of one shard, for status and the control thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStats {
+    pub role: String,
+    pub stream_up: bool,
+    /// Active: the passive is streamed live and has acknowledged everything
+    /// up to where live streaming began.
+    pub in_sync: bool,
+    /// Active: the passive's durable offset; passive: its own.
+    pub peer_durable: u64,
+    /// Active: journal bytes the passive has not acknowledged yet.
+    pub lag_bytes: u64,
+    /// Active: journal records the passive has not acknowledged yet (of
+    /// those sent; during catch-up see `catchup_remaining_bytes`).
+    pub lag_records: u64,
+    /// Active, catching up: bytes still to read back and send.
+    pub catchup_remaining_bytes: u64,
+    /// Streams closed so far (by either side or after an error).
+    pub streams_closed: u64,
+    pub last_error: Option<String>,
+}
+
+/// One frame (or a catch-up chunk) waiting to be sent.
+#[derive(Debug)]
+enum Outgoing {
+    /// Bytes the stream owns: a control frame, or a data frame read back
+    /// from the journal.
+    Owned { bytes: Vec<u8>, sent: usize },
+    /// A data frame whose records are the journal's lent batch.
+    Lent {
+        header: Box<[u8; HEADER_BYTES]>,
+        batch: LentBatch,
+        sent: usize,
+    },
+}
+
+impl Outgoing {
+    fn total(&self) -> usize {
+        match self {
+            Outgoing::Owned { bytes, .. } => bytes.len(),
+            Outgoing::Lent { batch, .. } => HEADER_BYTES + batch.len(),
+        }
+    }
+
+    fn sent_mut(&mut self) -> &mut usize {
+        match self {
+            Outgoing::Owned { sent, .. } | Outgoing::Lent { sent, .. } => sent,
+        }
+    }
+}
+
+/// The scatter list of the send in flight; boxed so it stays put while the
+/// kernel reads it.
+struct MsgParts {
+    iov: [libc::iovec; 2],
+    hdr: libc::msghdr,
+}
+
+/// A replication connection driven by the shard's ring: one receive and
+/// one send in flight at most.
+pub struct Stream {
+    generation: u64,
+    socket: TcpStream,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    recv_in_flight: bool,
+    queue: VecDeque<Outgoing>,
+    send_in_flight: bool,
+    msg: Box<MsgParts>,
+    /// Why it broke; a broken stream starts no more I/O.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("generation", &self.generation)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl Stream {
+    fn new(generation: u64, socket: TcpStream, rbuf_bytes: usize) -> Stream {
+        Stream {
+            generation,
+            socket,
+            rbuf: vec![0; rbuf_bytes],
+            rlen: 0,
+            recv_in_flight: false,
+            queue: VecDeque::new(),
+            send_in_flight: false,
+            // SAFETY: iovec and msghdr are plain C structs; all-zero is a
+            // valid (empty) value for both.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
+            broken: None,
+        }
+    }
+
+    fn token(&self, receive: bool) -> u64 {
+        Token::new(Owner::Replica, self.generation << 1 | u64::from(receive)).0
+    }
+
+    fn push(&mut self, bytes: Vec<u8>) {
+        self.queue.push_back(Outgoing::Owned { bytes, sent: 0 });
+    }
+
+    fn break_with(&mut self, why: String) {
+        if self.broken.is_none() {
+            self.broken = Some(why);
+            let _ = self.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Nothing of it is with the kernel any more.
+    fn idle(&self) -> bool {
+        !self.recv_in_flight && !self.send_in_flight
+    }
+
+    /// Arms the receive and the next send.
+    fn start_io(&mut self, ring: &mut Ring) -> std::io::Result<()> {
+        if self.broken.is_some() {
+            return Ok(());
+        }
+        let fd = types::Fd(self.socket.as_raw_fd());
+        if !self.recv_in_flight && self.rlen < self.rbuf.len() {
+            let free = &mut self.rbuf[self.rlen..];
+            let entry = opcode::Recv::new(fd, free.as_mut_ptr(), free.len() as u32)
+                .build()
+                .user_data(self.token(true));
+            // SAFETY: rbuf is neither resized nor freed while the receive is
+            // in flight (the stream is kept until its completions are reaped).
+            unsafe { ring.push(&entry)? };
+            self.recv_in_flight = true;
+        }
+        if !self.send_in_flight
+            && let Some(front) = self.queue.front()
+        {
+            let parts = &mut *self.msg;
+            let count = match front {
+                Outgoing::Owned { bytes, sent } => {
+                    parts.iov[0] = iovec(&bytes[*sent..]);
+                    1
+                }
+                Outgoing::Lent {
+                    header,
+                    batch,
+                    sent,
+                } => {
+                    // SAFETY: the journal keeps the lent batch in place until
+                    // `return_batch`, called only after this send completes.
+                    let records = unsafe { std::slice::from_raw_parts(batch.ptr, batch.len()) };
+                    if *sent < HEADER_BYTES {
+                        parts.iov[0] = iovec(&header[*sent..]);
+                        parts.iov[1] = iovec(records);
+                        2
+                    } else {
+                        parts.iov[0] = iovec(&records[*sent - HEADER_BYTES..]);
+                        1
+                    }
+                }
+            };
+            parts.hdr.msg_iov = parts.iov.as_mut_ptr();
+            parts.hdr.msg_iovlen = count;
+            let entry = opcode::SendMsg::new(fd, &parts.hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(self.token(false));
+            // SAFETY: the msghdr and iovecs are boxed in the stream, and the
+            // bytes they name (owned by the queue's front, or the lent
+            // batch) stay put until this send completes.
+            unsafe { ring.push(&entry)? };
+            self.send_in_flight = true;
+        }
+        Ok(())
+    }
+
+    /// A send completed; returns a lent batch that is now fully sent.
+    fn sent(&mut self, result: i32) -> Option<LentBatch> {
+        self.send_in_flight = false;
+        if result <= 0 {
+            let why = if result == 0 {
+                "the peer closed the stream".to_owned()
+            } else {
+                format!("send: {}", std::io::Error::from_raw_os_error(-result))
+            };
+            self.break_with(why);
+            return self.drop_queue();
+        }
+        let front = self.queue.front_mut().expect("a send in flight");
+        *front.sent_mut() += result as usize;
+        if *front.sent_mut() < front.total() {
+            return None;
+        }
+        match self.queue.pop_front().expect("front") {
+            Outgoing::Lent { batch, .. } => Some(batch),
+            Outgoing::Owned { .. } => None,
+        }
+    }
+
+    /// Drops everything not yet sent; returns a lent batch among it (no
+    /// longer needed by the kernel: only called with no send in flight).
+    fn drop_queue(&mut self) -> Option<LentBatch> {
+        assert!(!self.send_in_flight);
+        self.queue.drain(..).find_map(|o| match o {
+            Outgoing::Lent { batch, .. } => Some(batch),
+            Outgoing::Owned { .. } => None,
+        })
+    }
+
+    /// A receive completed: `false` if the stream is closed.
+    fn received(&mut self, result: i32) -> bool {
+        self.recv_in_flight = false;
+        match result {
+            n if n > 0 => {
+                self.rlen += n as usize;
+                true
+            }
+            0 => {
+                self.break_with("the peer closed the stream".into());
+                false
+            }
+            e => {
+                self.break_with(format!(
+                    "receive: {}",
+                    std::io::Error::from_raw_os_error(-e)
+                ));
+                false
+            }
+        }
+    }
+
+    /// Removes `n` consumed bytes from the front of the receive buffer.
+    fn consume(&mut self, n: usize) {
+        self.rbuf.copy_within(n..self.rlen, 0);
+        self.rlen -= n;
+    }
+}
+
+fn iovec(bytes: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    }
+}
+
+/// Where the active stands with its passive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeadPhase {
+    /// Waiting for the passive's `Hello`.
+    AwaitHello,
+    /// Sending back from the journal; `cursor` is the next offset to send.
+    CatchUp { cursor: Offset },
+    /// Every batch goes out as it is flushed; `from` is where that began.
+    Live { cursor: Offset, from: Offset },
+}
+
+/// The active side of a stream.
+#[derive(Debug)]
+pub struct Leader {
+    stream: Stream,
+    phase: LeadPhase,
+    /// The passive's durable offset (its acks).
+    acked: Offset,
+    /// (end offset, records) of each data frame sent and not yet acked.
+    marks: VecDeque<(Offset, u64)>,
+}
+
+/// Where the passive stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowPhase {
+    /// `Hello` goes out once the journal is idle (its end is then final).
+    SendHello,
+    AwaitSync,
+    Applying,
+}
+
+/// The passive side of a stream.
+#[derive(Debug)]
+pub struct Follower {
+    stream: Stream,
+    phase: FollowPhase,
+    /// Durable offset to acknowledge (newer than the last ack queued).
+    ack_due: Option<Offset>,
+    acked: Offset,
+}
+
+/// What the shard owns for replication.
+#[derive(Debug)]
+pub struct Replica {
+    pub role: Role,
+    pub leader: Option<Leader>,
+    pub follower: Option<Follower>,
+    /// The passive's durable offset as last acknowledged (kept across
+    /// streams: commits never go back).
+    pub peer_acked: Offset,
+    /// Streams being closed, kept until the kernel is done with them.
+    closing: Vec<Stream>,
+    next_generation: u64,
+    /// Largest data frame payload (a whole journal batch).
+    data_max: usize,
+    /// Catch-up chunk size (at most one batch, so the passive takes it
+    /// in one `append_raw`).
+    chunk_bytes: usize,
+    segment_bytes: u64,
+    pub stats: ReplicaStats,
+    /// Stats changed in a way the control thread should see at once.
+    pub dirty: bool,
+    /// Hand appended records back for the broker to apply (hot standby).
+    pub apply: bool,
+}
+
+/// Something the shard must do after replication handled an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    /// The commit point may have moved.
+    Commit,
+    /// The passive truncated its journal: rebuild the broker from it.
+    Rebuild,
+}
+
+impl Replica {
+    pub fn new(
+        role: Role,
+        batch_bytes_max: usize,
+        batch_capacity: usize,
+        segment_bytes: u64,
+    ) -> Replica {
+        Replica {
+            role,
+            leader: None,
+            follower: None,
+            peer_acked: Offset::ZERO,
+            closing: Vec::new(),
+            next_generation: 1,
+            data_max: batch_capacity,
+            chunk_bytes: batch_bytes_max,
+            segment_bytes,
+            stats: ReplicaStats {
+                role: role.name().into(),
+                ..ReplicaStats::default()
+            },
+            dirty: true,
+            apply: true,
+        }
+    }
+
+    fn new_stream(&mut self, socket: TcpStream) -> Stream {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        if let Err(error) = socket.set_nonblocking(false) {
+            tracing::warn!(%error, "replication stream: cannot make the socket blocking");
+        }
+        Stream::new(generation, socket, 2 * (HEADER_BYTES + self.data_max))
+    }
+
+    /// Where committed data ends: what `replicated` acknowledgements and
+    /// deliveries wait for. `None`: nothing commits (not serving).
+    pub fn commit_point(&self, durable: Offset) -> Option<Offset> {
+        match self.role {
+            Role::Solo { .. } => Some(durable),
+            Role::Lead => Some(durable.min(self.peer_acked)),
+            Role::Idle | Role::Follow => None,
+        }
+    }
+
+    /// Whether local acknowledgements may go out.
+    pub fn acks_local(&self) -> bool {
+        matches!(self.role, Role::Solo { .. } | Role::Lead)
+    }
+
+    /// The journal must keep everything from here (the passive may still
+    /// need it).
+    pub fn retain_from(&self) -> Option<Offset> {
+        match self.role {
+            Role::Lead => Some(self.peer_acked),
+            _ => None,
+        }
+    }
+
+    pub fn set_role(&mut self, role: Role, journal: &mut Journal) {
+        if role == self.role {
+            return;
+        }
+        self.role = role;
+        match role {
+            Role::Idle => {
+                self.close_leader("this server stopped serving", journal);
+                self.close_follower("this server stopped following");
+            }
+            Role::Solo { .. } => {
+                self.close_follower("this server became active");
+                self.close_leader("this server runs standalone", journal);
+            }
+            Role::Lead => self.close_follower("this server became active"),
+            Role::Follow => self.close_leader("this server became passive", journal),
+        }
+        self.stats.role = role.name().into();
+        self.dirty = true;
+    }
+
+    /// Takes the passive's stream (active side).
+    pub fn accept(&mut self, socket: TcpStream, journal: &mut Journal) {
+        if matches!(self.role, Role::Idle | Role::Follow) {
+            tracing::info!("replication stream refused: this server is not active");
+            return;
+        }
+        self.close_leader("replaced by a new stream from the passive", journal);
+        let stream = self.new_stream(socket);
+        self.leader = Some(Leader {
+            stream,
+            phase: LeadPhase::AwaitHello,
+            acked: Offset::ZERO,
+            marks: VecDeque::new(),
+        });
+        self.stats.stream_up = true;
+        self.dirty = true;
+    }
+
+    /// Takes the stream to the active (passive side).
+    pub fn follow(&mut self, socket: TcpStream) {
+        self.close_follower("replaced by a new stream to the active");
+        let stream = self.new_stream(socket);
+        self.follower = Some(Follower {
+            stream,
+            phase: FollowPhase::SendHello,
+            ack_due: None,
+            acked: Offset::ZERO,
+        });
+        self.stats.stream_up = true;
+        self.dirty = true;
+    }
+
+    fn retire(&mut self, mut stream: Stream, why: &str) {
+        stream.break_with(why.to_owned());
+        self.stats.streams_closed += 1;
+        self.stats.stream_up = false;
+        self.stats.in_sync = false;
+        self.dirty = true;
+        if !stream.idle() {
+            self.closing.push(stream);
+        }
+    }
+
+    pub fn close_leader(&mut self, why: &str, journal: &mut Journal) {
+        if let Some(mut leader) = self.leader.take() {
+            if !leader.stream.send_in_flight && leader.stream.drop_queue().is_some() {
+                journal.return_batch();
+            }
+            let why = leader
+                .stream
+                .broken
+                .clone()
+                .unwrap_or_else(|| why.to_owned());
+            tracing::info!(reason = %why, "replication stream to the passive closed");
+            self.stats.last_error = Some(why.clone());
+            self.retire(leader.stream, &why);
+        }
+    }
+
+    pub fn close_follower(&mut self, why: &str) {
+        if let Some(follower) = self.follower.take() {
+            let why = follower
+                .stream
+                .broken
+                .clone()
+                .unwrap_or_else(|| why.to_owned());
+            tracing::info!(reason = %why, "replication stream from the active closed");
+            self.stats.last_error = Some(why.clone());
+            self.retire(follower.stream, &why);
+        }
+    }
+
+    /// Whether any stream still has an operation with the kernel.
+    pub fn busy(&self) -> bool {
+        !self.closing.is_empty()
+            || self.leader.as_ref().is_some_and(|l| !l.stream.idle())
+            || self.follower.as_ref().is_some_and(|f| !f.stream.idle())
+    }
+
+    /// Arms every stream's I/O.
+    pub fn start_io(&mut self, ring: &mut Ring) -> std::io::Result<()> {
+        if let Some(leader) = &mut self.leader {
+            leader.stream.start_io(ring)?;
+        }
+        if let Some(follower) = &mut self.follower {
+            follower.stream.start_io(ring)?;
+        }
+        Ok(())
+    }
+
+    /// The journal started flushing a batch: a live leader sends it.
+    pub fn batch_started(&mut self, journal: &mut Journal) {
+        let Some(leader) = &mut self.leader else {
+            return;
+        };
+        if let LeadPhase::Live { cursor, from } = leader.phase {
+            let batch = journal.lend_batch().expect("a batch just started");
+            assert_eq!(batch.start, cursor, "live stream without a gap or overlap");
+            leader.send_batch(batch, journal.epoch(), self.segment_bytes);
+            leader.phase = LeadPhase::Live {
+                cursor: batch.end,
+                from,
+            };
+        }
+    }
+
+    /// Moves a catching-up leader on: reads the next chunk back, or goes
+    /// live once it meets the batch being flushed.
+    pub fn pump(&mut self, journal: &mut Journal) {
+        let segment_bytes = self.segment_bytes;
+        let chunk_bytes = self.chunk_bytes;
+        if let Some(leader) = &mut self.leader
+            && leader.stream.broken.is_none()
+            && let LeadPhase::CatchUp { cursor } = leader.phase
+        {
+            let durable = journal.durable_offset();
+            self.stats.catchup_remaining_bytes = durable.get().saturating_sub(cursor.get());
+            if cursor < durable {
+                if !leader.chunk_out() {
+                    match leader.read_chunk(journal, cursor, chunk_bytes, segment_bytes) {
+                        Ok(next) => leader.phase = LeadPhase::CatchUp { cursor: next },
+                        Err(error) => leader.stream.break_with(format!("catch-up read: {error}")),
+                    }
+                }
+            } else if !leader.chunk_out() {
+                // Caught up with the durable log: the batch being flushed
+                // (if any) goes out from the journal's buffer, and every
+                // later one as it starts.
+                match journal.in_flight_range() {
+                    Some((start, _)) if start == cursor => {
+                        let batch = journal.lend_batch().expect("in flight, not lent");
+                        leader.send_batch(batch, journal.epoch(), segment_bytes);
+                        leader.phase = LeadPhase::Live {
+                            cursor: batch.end,
+                            from: cursor,
+                        };
+                    }
+                    Some(_) => {}
+                    None => {
+                        leader.phase = LeadPhase::Live {
+                            cursor,
+                            from: cursor,
+                        }
+                    }
+                }
+                if matches!(leader.phase, LeadPhase::Live { .. }) {
+                    tracing::info!(
+                        from = cursor.get(),
+                        "replication: catch-up done, streaming live"
+                    );
+                    self.stats.catchup_remaining_bytes = 0;
+                    self.dirty = true;
+                }
+            }
+        }
+        self.refresh_stats(journal);
+        if self
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.stream.broken.is_some())
+        {
+            self.close_leader("broken", journal);
+        }
+        if let Some(follower) = &mut self.follower {
+            if follower.phase == FollowPhase::SendHello
+                && !journal.flush_in_flight()
+                && journal.durable_offset() == journal.end_offset()
+            {
+                let history = History {
+                    start: journal.start_offset(),
+                    end: journal.end_offset(),
+                    epochs: journal.epoch_starts().to_vec(),
+                };
+                follower.stream.push(wire::encode(&Frame::Hello(history)));
+                follower.phase = FollowPhase::AwaitSync;
+            }
+            if let Some(durable) = follower.ack_due
+                && !follower.stream.send_in_flight
+                && follower.stream.queue.is_empty()
+            {
+                follower.ack_due = None;
+                follower.acked = durable;
+                follower.stream.push(wire::encode(&Frame::Ack {
+                    durable,
+                    epoch: journal.epoch(),
+                }));
+            }
+            if follower.stream.broken.is_some() {
+                self.close_follower("broken");
+            }
+        }
+    }
+
+    fn refresh_stats(&mut self, journal: &Journal) {
+        match (&self.leader, self.role) {
+            (Some(leader), _) => {
+                let in_sync = match leader.phase {
+                    LeadPhase::Live { from, .. } => self.peer_acked >= from,
+                    _ => false,
+                };
+                if in_sync != self.stats.in_sync {
+                    self.stats.in_sync = in_sync;
+                    self.dirty = true;
+                }
+                self.stats.peer_durable = self.peer_acked.get();
+                self.stats.lag_bytes = journal
+                    .end_offset()
+                    .get()
+                    .saturating_sub(self.peer_acked.get());
+                self.stats.lag_records = leader.marks.iter().map(|(_, n)| n).sum();
+            }
+            (None, Role::Follow) => {
+                self.stats.peer_durable = journal.durable_offset().get();
+                self.stats.lag_bytes = 0;
+                self.stats.lag_records = 0;
+            }
+            (None, _) => {
+                self.stats.lag_bytes = journal
+                    .end_offset()
+                    .get()
+                    .saturating_sub(self.peer_acked.get());
+                self.stats.lag_records = 0;
+                if self.stats.in_sync {
+                    self.stats.in_sync = false;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// The passive's journal made `durable` durable: acknowledge it.
+    pub fn follower_durable(&mut self, durable: Offset) {
+        if let Some(follower) = &mut self.follower
+            && follower.phase == FollowPhase::Applying
+            && durable > follower.acked
+        {
+            follower.ack_due = Some(durable);
+        }
+    }
+
+    /// A replication completion; returns what the shard must do next and
+    /// any records the passive appended (for hot standby: offset and bytes
+    /// to apply).
+    pub fn complete(
+        &mut self,
+        completion: Completion,
+        journal: &mut Journal,
+        applied: &mut Vec<(Offset, Vec<u8>)>,
+    ) -> After {
+        let id = completion.token.id();
+        let (generation, receive) = (id >> 1, id & 1 == 1);
+        if let Some(index) = self.closing.iter().position(|s| s.generation == generation) {
+            let stream = &mut self.closing[index];
+            if receive {
+                stream.recv_in_flight = false;
+            } else {
+                stream.send_in_flight = false;
+                if stream.drop_queue().is_some() {
+                    journal.return_batch();
+                }
+            }
+            if stream.idle() {
+                self.closing.swap_remove(index);
+            }
+            return After::Nothing;
+        }
+        if let Some(leader) = &mut self.leader
+            && leader.stream.generation == generation
+        {
+            if !receive {
+                if leader.stream.sent(completion.result).is_some() {
+                    journal.return_batch();
+                }
+                return After::Nothing;
+            }
+            if !leader.stream.received(completion.result) {
+                return After::Nothing;
+            }
+            return self.leader_frames(journal);
+        }
+        if let Some(follower) = &mut self.follower
+            && follower.stream.generation == generation
+        {
+            if !receive {
+                follower.stream.sent(completion.result);
+                return After::Nothing;
+            }
+            if !follower.stream.received(completion.result) {
+                return After::Nothing;
+            }
+            return self.follower_frames(journal, applied);
+        }
+        tracing::error!(generation, "completion for an unknown replication stream");
+        After::Nothing
+    }
+
+    fn leader_frames(&mut self, journal: &mut Journal) -> After {
+        let leader = self.leader.as_mut().expect("leader");
+        let mut after = After::Nothing;
+        loop {
+            let frame = match wire::decode(&leader.stream.rbuf[..leader.stream.rlen], 0) {
+                Ok(Some((frame, used))) => {
+                    let frame = match frame {
+                        Frame::Hello(history) => Ok(Frame::Hello(history)),
+                        Frame::Ack { durable, epoch } => Ok(Frame::Ack { durable, epoch }),
+                        other => Err(format!("unexpected {other:?} from the passive")),
+                    };
+                    leader.stream.consume(used);
+                    frame
+                }
+                Ok(None) => break,
+                Err(error) => Err(format!("bad frame from the passive: {error}")),
+            };
+            match frame {
+                Ok(Frame::Hello(passive)) if leader.phase == LeadPhase::AwaitHello => {
+                    let active = History {
+                        start: journal.start_offset(),
+                        end: journal.durable_offset(),
+                        epochs: journal.epoch_starts().to_vec(),
+                    };
+                    match catchup(&active, &passive) {
+                        Ok(plan) => {
+                            tracing::info!(
+                                passive_end = passive.end.get(),
+                                truncate_to = plan.truncate_to.get(),
+                                stream_from = plan.stream_from.get(),
+                                active_end = active.end.get(),
+                                "replication: passive connected; catching up"
+                            );
+                            leader.stream.push(wire::encode(&Frame::Sync {
+                                truncate_to: plan.truncate_to,
+                                stream_from: plan.stream_from,
+                            }));
+                            leader.phase = LeadPhase::CatchUp {
+                                cursor: plan.stream_from,
+                            };
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "replication: the passive cannot catch up");
+                            leader
+                                .stream
+                                .push(wire::encode(&Frame::Refuse(error.to_string())));
+                            self.stats.last_error = Some(error.to_string());
+                        }
+                    }
+                }
+                Ok(Frame::Ack { durable, .. }) if leader.phase != LeadPhase::AwaitHello => {
+                    leader.acked = leader.acked.max(durable);
+                    while leader.marks.front().is_some_and(|(end, _)| *end <= durable) {
+                        leader.marks.pop_front();
+                    }
+                    if durable > self.peer_acked {
+                        self.peer_acked = durable;
+                        after = After::Commit;
+                    }
+                }
+                Ok(other) => {
+                    leader
+                        .stream
+                        .break_with(format!("unexpected {other:?} from the passive"));
+                    break;
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "replication stream reset");
+                    leader.stream.break_with(why);
+                    break;
+                }
+            }
+        }
+        after
+    }
+
+    fn follower_frames(
+        &mut self,
+        journal: &mut Journal,
+        applied: &mut Vec<(Offset, Vec<u8>)>,
+    ) -> After {
+        let follower = self.follower.as_mut().expect("follower");
+        let mut after = After::Nothing;
+        loop {
+            let buf = &follower.stream.rbuf[..follower.stream.rlen];
+            let (frame, used) = match wire::decode(buf, self.data_max) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(error) => {
+                    let why = format!("bad frame from the active: {error}");
+                    tracing::warn!(reason = %why, "replication stream reset; nothing of it applied");
+                    follower.stream.break_with(why);
+                    break;
+                }
+            };
+            let outcome: Result<bool, String> = match (frame, follower.phase) {
+                (
+                    Frame::Sync {
+                        truncate_to,
+                        stream_from,
+                    },
+                    FollowPhase::AwaitSync,
+                ) => {
+                    if stream_from != truncate_to {
+                        Err(format!(
+                            "the active streams from {stream_from} but asks to cut at {truncate_to}"
+                        ))
+                    } else {
+                        let cut = truncate_to < journal.end_offset();
+                        match journal.truncate(truncate_to) {
+                            Ok(()) => {
+                                if cut {
+                                    tracing::warn!(
+                                        to = truncate_to.get(),
+                                        "replication: dropped this journal's tail the active does not have \
+                                         (never acknowledged as replicated)"
+                                    );
+                                    after = After::Rebuild;
+                                }
+                                follower.phase = FollowPhase::Applying;
+                                follower.ack_due = Some(journal.durable_offset());
+                                follower.acked = Offset::ZERO;
+                                Ok(true)
+                            }
+                            Err(error) => {
+                                Err(format!("cannot cut the journal at {truncate_to}: {error}"))
+                            }
+                        }
+                    }
+                }
+                (
+                    Frame::Data {
+                        offset,
+                        epoch,
+                        records,
+                    },
+                    FollowPhase::Applying,
+                ) => {
+                    if epoch < journal.epoch() {
+                        Err(format!(
+                            "data of epoch {epoch} from a deposed active (this journal is at epoch {})",
+                            journal.epoch()
+                        ))
+                    } else if offset != journal.end_offset() {
+                        Err(format!(
+                            "data at offset {offset} but this journal ends at {} (a gap or an overlap)",
+                            journal.end_offset()
+                        ))
+                    } else {
+                        match journal.append_raw(offset, records) {
+                            Ok(()) => {
+                                if self.apply {
+                                    applied.push((offset, records.to_vec()));
+                                }
+                                Ok(true)
+                            }
+                            // Wait for the flush in flight, then retry.
+                            Err(crate::journal::JournalError::Full) => Ok(false),
+                            Err(error) => Err(format!("records refused: {error}")),
+                        }
+                    }
+                }
+                (Frame::Refuse(reason), _) => Err(format!("the active refused: {reason}")),
+                (other, phase) => Err(format!("unexpected {other:?} while {phase:?}")),
+            };
+            match outcome {
+                Ok(true) => follower.stream.consume(used),
+                Ok(false) => {
+                    journal.flush_soon();
+                    break;
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "replication stream reset; nothing of it applied");
+                    follower.stream.break_with(why);
+                    break;
+                }
+            }
+        }
+        after
+    }
+
+    /// A follower waiting for room in the journal tries again.
+    pub fn retry_follower(
+        &mut self,
+        journal: &mut Journal,
+        applied: &mut Vec<(Offset, Vec<u8>)>,
+    ) -> After {
+        if self
+            .follower
+            .as_ref()
+            .is_some_and(|f| f.stream.rlen > 0 && f.stream.broken.is_none())
+        {
+            self.follower_frames(journal, applied)
+        } else {
+            After::Nothing
+        }
+    }
+
+    /// Publishes the figures into the shard's stats.
+    pub fn publish(&mut self, stats: &mut ShardStats) {
+        stats.replica = Some(self.stats.clone());
+        self.dirty = false;
+    }
+}
+
+impl Leader {
+    fn send_batch(&mut self, batch: LentBatch, epoch: Epoch, segment_bytes: u64) {
+        // SAFETY: the journal just lent this batch; it stays put until
+        // `return_batch`.
+        let records = unsafe { std::slice::from_raw_parts(batch.ptr, batch.len()) };
+        let (_, count) = whole_records(records, batch.start, segment_bytes);
+        self.marks.push_back((batch.end, count));
+        self.stream.queue.push_back(Outgoing::Lent {
+            header: Box::new(wire::data_header(batch.start, epoch, batch.len())),
+            batch,
+            sent: 0,
+        });
+    }
+
+    /// Reads durable records from `cursor` back from the journal into one
+    /// data frame; returns the new cursor.
+    fn read_chunk(
+        &mut self,
+        journal: &Journal,
+        cursor: Offset,
+        chunk_bytes: usize,
+        segment_bytes: u64,
+    ) -> Result<Offset, crate::journal::JournalError> {
+        let mut bytes = vec![0u8; HEADER_BYTES + chunk_bytes];
+        let n = journal.read_raw(cursor, &mut bytes[HEADER_BYTES..])?;
+        let (whole, count) = whole_records(
+            &bytes[HEADER_BYTES..HEADER_BYTES + n],
+            cursor,
+            segment_bytes,
+        );
+        assert!(
+            whole > 0 || n == 0,
+            "a chunk holds at least one whole record"
+        );
+        bytes.truncate(HEADER_BYTES + whole);
+        let header = wire::data_header(cursor, journal.epoch(), whole);
+        bytes[..HEADER_BYTES].copy_from_slice(&header);
+        self.marks.push_back((cursor + whole as u64, count));
+        self.stream.push(bytes);
+        Ok(cursor + whole as u64)
+    }
+
+    /// Something the stream owns (a catch-up chunk, or the `Sync` before
+    /// the first) is still to be sent: read the next chunk after it.
+    fn chunk_out(&self) -> bool {
+        self.stream
+            .queue
+            .iter()
+            .any(|o| matches!(o, Outgoing::Owned { .. }))
+    }
+}
