@@ -34,9 +34,11 @@ enum Command {
     },
     /// Run a local HA pair (gateway, primary, secondary) in the foreground.
     Up {
-        /// `shared` (one data directory) or `replicated` (not yet available:
-        /// the default becomes `replicated` once it is).
-        #[arg(long, default_value = "shared")]
+        /// `replicated` (each server its own data directory, the active
+        /// streaming its journal to the passive) or `shared` (one data
+        /// directory both servers reach).
+        #[arg(long, default_value = twinmq::pair::MODE_DEFAULT,
+              value_parser = ["replicated", "shared"])]
         mode: String,
         /// Where data, the lock file, profiles and logs go.
         #[arg(long, default_value = "data/pair")]

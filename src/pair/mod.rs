@@ -15,6 +15,9 @@ const REPLICATED_SECONDARY: &str = include_str!("../../profiles/replicated/secon
 /// The shipped shared-mode profiles (their paths are rewritten to `--dir`).
 const SHARED_PRIMARY: &str = include_str!("../../profiles/shared/primary.toml");
 const SHARED_SECONDARY: &str = include_str!("../../profiles/shared/secondary.toml");
+/// What `twinmq up` runs without `--mode`: the mode DESIGN makes the
+/// product's default, where each server keeps its own copy of the journal.
+pub const MODE_DEFAULT: &str = "replicated";
 /// The gateway address the shipped profiles name.
 const GATEWAY_LISTEN: &str = "127.0.0.1:2100";
 /// The directory the shipped profiles name, replaced by `--dir`.
@@ -190,8 +193,8 @@ mod tests {
     }
 
     #[test]
-    fn up_knows_both_modes() {
-        assert_eq!(profiles("replicated").unwrap().0, REPLICATED_PRIMARY);
+    fn up_knows_both_modes_and_defaults_to_replicated() {
+        assert_eq!(profiles(MODE_DEFAULT).unwrap().0, REPLICATED_PRIMARY);
         assert_eq!(profiles("shared").unwrap().0, SHARED_PRIMARY);
         assert_eq!(
             profiles("mirrored").unwrap_err(),
