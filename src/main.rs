@@ -34,9 +34,11 @@ enum Command {
     },
     /// Run a local HA pair (gateway, primary, secondary) in the foreground.
     Up {
-        /// `shared` (one data directory) or `replicated` (not yet available:
-        /// the default becomes `replicated` once it is).
-        #[arg(long, default_value = "shared")]
+        /// `replicated` (each server its own data directory, the active
+        /// streaming its journal to the passive) or `shared` (one data
+        /// directory both servers reach).
+        #[arg(long, default_value = twinmq::pair::MODE_DEFAULT,
+              value_parser = ["replicated", "shared"])]
         mode: String,
         /// Where data, the lock file, profiles and logs go.
         #[arg(long, default_value = "data/pair")]
@@ -90,6 +92,16 @@ enum Command {
     },
     /// Stop a server cleanly (flushes and closes its journal).
     Shutdown {
+        #[arg(long, default_value = ADMIN_DEFAULT[0])]
+        admin: String,
+    },
+    /// Make a server of an HA pair active even if it is a stale replica
+    /// (its journal behind the lock file's epoch). Refused without --force.
+    Promote {
+        /// Accept that messages the other server acknowledged in epochs
+        /// this server lacks may be lost; the answer says which epochs.
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = ADMIN_DEFAULT[0])]
         admin: String,
     },
@@ -207,6 +219,7 @@ fn main() -> ExitCode {
         Command::Up { mode, dir } => twinmq::pair::up(&mode, &dir),
         Command::Status { admin, json } => status(&admin, json),
         Command::Shutdown { admin } => shutdown(&admin),
+        Command::Promote { force, admin } => promote(force, &admin),
         Command::Bench {
             what:
                 BenchCommand::Journal {
@@ -426,6 +439,17 @@ fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
                 None => "unknown",
             }
         );
+        if let (Some(confirmed), Some(lock)) = (s.confirmed_epoch, s.lock_epoch) {
+            println!(
+                "  history complete to epoch {confirmed}, lock file epoch {lock}{}",
+                // Shared mode has one journal: nobody is ever behind it.
+                if s.mode == "replicated" && confirmed < lock {
+                    " (stale replica)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(last) = &s.last_transition {
             println!("  last transition: {last}");
         }
@@ -445,6 +469,26 @@ fn shutdown(admin: &str) -> Result<(), String> {
     let addr = admin.parse().map_err(|e| format!("--admin {admin}: {e}"))?;
     twinmq::admin::request(addr, "shutdown").map_err(|e| e.to_string())?;
     eprintln!("shutdown requested on {addr}");
+    Ok(())
+}
+
+fn promote(force: bool, admin: &str) -> Result<(), String> {
+    // Refused here, before the server is asked: the flag is the operator's
+    // acknowledgement of the risk, so without it nothing is sent.
+    if !force {
+        return Err(twinmq::admin::PROMOTE_NEEDS_FORCE.to_owned());
+    }
+    let addr: std::net::SocketAddr = admin.parse().map_err(|e| format!("--admin {admin}: {e}"))?;
+    let line = twinmq::admin::request(addr, "promote --force").map_err(|e| e.to_string())?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("{addr}: bad promote answer: {e}"))?;
+    if let Some(error) = answer["error"].as_str() {
+        return Err(format!("{addr}: {error}"));
+    }
+    println!(
+        "{addr}: {}",
+        answer["message"].as_str().unwrap_or("promotion requested")
+    );
     Ok(())
 }
 

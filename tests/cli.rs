@@ -1,6 +1,9 @@
-//! The `twinmq` binary: the journal benchmark's report is well formed and
-//! `journal check` reports what a journal holds. Correctness only; the
-//! numbers themselves are not asserted.
+//! The `twinmq` binary: the journal benchmark's report is well formed,
+//! `journal check` reports what a journal holds, and `promote` refuses what
+//! it must. Correctness only; the numbers themselves are not asserted.
+
+#[path = "support/server.rs"]
+mod server;
 
 use std::process::Command;
 
@@ -141,4 +144,41 @@ fn journal_check_reports_range_and_epochs_and_refuses_corruption() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn promote_without_force_refuses_and_says_what_force_risks() {
+    // No server is needed: the refusal comes before any request. The admin
+    // address is one nobody listens on, so a request would fail differently.
+    let output = twinmq()
+        .args(["promote", "--admin", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("promote needs --force")
+            && stderr.contains("stale replica")
+            && stderr.contains("may be lost"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn single_server_answers_promote_force_that_it_is_not_in_a_pair() {
+    let mut server = server::ServerProcess::start(1, "");
+    let admin = server.admin.to_string();
+    let output = twinmq()
+        .args(["promote", "--force", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{admin}: this server is not part of an HA pair")),
+        "{stderr}"
+    );
+    // Still serving: a refused promotion changes nothing.
+    assert_eq!(server.status().state, "ACTIVE");
+    server.stop();
 }

@@ -1,7 +1,9 @@
 //! The admin endpoint: a separate TCP port (127.0.0.1 by default) speaking
-//! one line per request — `status` or `shutdown` — and answering one line of
-//! JSON. Control plane: a plain thread with blocking sockets.
+//! one line per request — `status`, `shutdown` or `promote --force` — and
+//! answering one line of JSON. Control plane: a plain thread with blocking
+//! sockets.
 
+use crate::ha::machine::State;
 use crate::server::Identity;
 use crate::shard::Shared;
 use serde::Serialize;
@@ -66,6 +68,78 @@ pub struct Status {
     /// catch-up progress), in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<crate::shard::ReplicaStats>,
+    /// HA: the newest epoch this server's history is known to be complete
+    /// to (the last one it was active in, or fully synchronised as passive).
+    /// A forced promotion keeps everything up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_epoch: Option<u64>,
+    /// HA: the epoch the lock file records, the newest activation of either
+    /// server (`None` when unreadable). Above `confirmed_epoch`, this server
+    /// is a stale replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_epoch: Option<u64>,
+}
+
+/// The refusal of `promote` without `--force`, from the CLI and from the
+/// endpoint alike: the flag is the operator's statement that the risk is
+/// understood, so the risk is spelled out where the flag is missing.
+pub const PROMOTE_NEEDS_FORCE: &str = "promote needs --force: it makes this server \
+    active even when its journal is behind the epoch in the lock file (a stale replica), \
+    and then messages the other server acknowledged in the epochs this server lacks may \
+    be lost. Check `twinmq status` (confirmed and lock-file epochs) first";
+
+/// Server states in which a forced promotion has nothing to do: the server
+/// already serves, or is becoming active.
+const LEADING_STATES: [State; 4] = [
+    State::Active,
+    State::ActiveSync,
+    State::Standalone,
+    State::Activating,
+];
+
+/// Checks that a forced promotion of the server in `status` makes sense and
+/// says what it risks, from the confirmed and lock-file epochs. `Err` says
+/// why there is nothing to force.
+///
+/// A server that already leads is refused: the request would otherwise stay
+/// pending and waive the stale check at some later, unrelated lock attempt.
+pub fn forced_promotion(status: &Status) -> Result<String, String> {
+    if status.mode != "replicated" {
+        return Err(format!(
+            "forced promotion applies to replicated pairs only; this server runs in {} mode, \
+             where no server can be a stale replica",
+            status.mode
+        ));
+    }
+    if LEADING_STATES
+        .iter()
+        .any(|state| state.name() == status.state)
+    {
+        return Err(format!(
+            "this server is already {}: there is nothing to promote",
+            status.state
+        ));
+    }
+    let confirmed = status.confirmed_epoch.unwrap_or(0);
+    Ok(match status.lock_epoch {
+        Some(lock) if lock > confirmed => format!(
+            "forced promotion requested: this server's history is complete to epoch \
+             {confirmed}; the lock file records epoch {lock}; messages the other server \
+             acknowledged in epochs {}..={lock} may be lost",
+            confirmed + 1
+        ),
+        Some(lock) => format!(
+            "forced promotion requested: this server's history is complete to epoch \
+             {confirmed} and the lock file records epoch {lock}, so it is not a stale \
+             replica and nothing acknowledged is lost; it still needs the lock and the \
+             gateway or the peer to become active"
+        ),
+        None => format!(
+            "forced promotion requested: this server's history is complete to epoch \
+             {confirmed}; the lock file's epoch could not be read, so messages the other \
+             server acknowledged in any later epoch may be lost"
+        ),
+    })
 }
 
 /// What the admin endpoint asks of the server it belongs to.
@@ -75,6 +149,12 @@ pub trait Control: Send + Sync {
     fn shutdown(&self);
     /// Whether the server is stopping (the endpoint then stops too).
     fn stopping(&self) -> bool;
+    /// `promote --force`: asks the server to become active even if it is a
+    /// stale replica. `Ok` says what may be lost; `Err` why it cannot be
+    /// done. Only a server of an HA pair can be promoted.
+    fn promote_force(&self) -> Result<String, String> {
+        Err("this server is not part of an HA pair".to_owned())
+    }
 }
 
 /// Resident memory of this process, from /proc/self/statm.
@@ -118,6 +198,8 @@ pub fn data_status(identity: &Identity, shared: &Shared) -> Status {
         gateway_reachable: None,
         last_transition: None,
         replication: Vec::new(),
+        confirmed_epoch: None,
+        lock_epoch: None,
     };
     for stats in &shared.stats {
         let stats = stats.lock().expect("stats lock");
@@ -185,7 +267,15 @@ fn answer(stream: TcpStream, control: &dyn Control) -> std::io::Result<()> {
             control.shutdown();
             r#"{"ok":true}"#.to_owned()
         }
-        other => serde_json::json!({ "error": format!("unknown admin request {other:?}: use status or shutdown") }).to_string(),
+        "promote --force" => match control.promote_force() {
+            Ok(message) => {
+                tracing::warn!("promote --force on the admin endpoint: {message}");
+                serde_json::json!({ "ok": true, "message": message }).to_string()
+            }
+            Err(error) => serde_json::json!({ "error": error }).to_string(),
+        },
+        "promote" => serde_json::json!({ "error": PROMOTE_NEEDS_FORCE }).to_string(),
+        other => serde_json::json!({ "error": format!("unknown admin request {other:?}: use status, shutdown or promote --force") }).to_string(),
     };
     (&stream).write_all(reply.as_bytes())?;
     (&stream).write_all(b"\n")
@@ -203,3 +293,113 @@ pub fn request(addr: std::net::SocketAddr, what: &str) -> std::io::Result<String
 }
 
 use std::io::Read as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replicated server's status in `state`, with the two epochs.
+    fn ha_status(state: &str, confirmed: Option<u64>, lock: Option<u64>) -> Status {
+        Status {
+            server: "secondary".into(),
+            role: "secondary".into(),
+            state: state.into(),
+            epoch: 0,
+            pid: 1,
+            uptime_ms: 0,
+            client_listen: "127.0.0.1:1956".into(),
+            shards: 1,
+            connections: 0,
+            messages: 0,
+            cached_bytes: 0,
+            journal_bytes: 0,
+            journal_segments: 0,
+            rss_bytes: 0,
+            poisoned: Vec::new(),
+            destinations: Vec::new(),
+            mode: "replicated".into(),
+            peer_state: Some("DEAD".into()),
+            lock_holder: None,
+            gateway_reachable: Some(true),
+            last_transition: None,
+            confirmed_epoch: confirmed,
+            lock_epoch: lock,
+        }
+    }
+
+    #[test]
+    fn stale_replica_is_told_which_epochs_may_be_lost() {
+        let message = forced_promotion(&ha_status("WAITING", Some(3), Some(5))).unwrap();
+        assert_eq!(
+            message,
+            "forced promotion requested: this server's history is complete to epoch 3; \
+             the lock file records epoch 5; messages the other server acknowledged in \
+             epochs 4..=5 may be lost"
+        );
+    }
+
+    #[test]
+    fn server_level_with_the_lock_file_is_told_nothing_is_lost() {
+        let message = forced_promotion(&ha_status("PASSIVE", Some(5), Some(5))).unwrap();
+        assert!(message.contains("not a stale replica"), "{message}");
+    }
+
+    #[test]
+    fn unreadable_lock_file_is_named_as_the_unknown() {
+        let message = forced_promotion(&ha_status("WAITING", Some(2), None)).unwrap();
+        assert!(message.contains("could not be read"), "{message}");
+        assert!(message.contains("complete to epoch 2"), "{message}");
+    }
+
+    #[test]
+    fn server_that_already_leads_has_nothing_to_promote() {
+        for state in ["ACTIVE", "ACTIVE_SYNC", "STANDALONE", "ACTIVATING"] {
+            let error = forced_promotion(&ha_status(state, Some(1), Some(1))).unwrap_err();
+            assert_eq!(
+                error,
+                format!("this server is already {state}: there is nothing to promote")
+            );
+        }
+    }
+
+    #[test]
+    fn shared_and_single_servers_cannot_be_stale_so_are_not_promoted() {
+        for mode in ["shared", "single"] {
+            let status = Status {
+                mode: mode.into(),
+                ..ha_status("PASSIVE", Some(1), Some(2))
+            };
+            let error = forced_promotion(&status).unwrap_err();
+            assert!(error.contains(&format!("in {mode} mode")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_control_outside_a_pair_refuses_promotion_by_default() {
+        struct Alone;
+        impl Control for Alone {
+            fn status(&self) -> Status {
+                ha_status("ACTIVE", None, None)
+            }
+            fn shutdown(&self) {}
+            fn stopping(&self) -> bool {
+                false
+            }
+        }
+        assert_eq!(
+            Alone.promote_force().unwrap_err(),
+            "this server is not part of an HA pair"
+        );
+    }
+
+    #[test]
+    fn status_json_without_the_epochs_still_parses() {
+        let mut json = serde_json::to_value(ha_status("WAITING", Some(1), Some(2))).unwrap();
+        let object = json.as_object_mut().unwrap();
+        assert_eq!(object["confirmed_epoch"], 1);
+        object.remove("confirmed_epoch");
+        object.remove("lock_epoch");
+        let status: Status = serde_json::from_value(json).unwrap();
+        assert_eq!((status.confirmed_epoch, status.lock_epoch), (None, None));
+    }
+}

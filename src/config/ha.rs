@@ -136,6 +136,23 @@ pub enum HaStandalone {
     Refuse,
 }
 
+/// When a SEND is acknowledged, for producers that do not choose (a SEND
+/// whose ack mode is "default"). A producer's own choice always wins; this
+/// only sets what silence means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaAckMode {
+    /// After the active's flush and the passive's flush of the same bytes:
+    /// an acknowledged message survives the loss of either server. The
+    /// default, because that guarantee is what an HA pair is for.
+    #[default]
+    Replicated,
+    /// After the active's own flush only: one round trip faster, but a
+    /// message acknowledged just before the active fails may be missing on
+    /// the passive that takes over.
+    Local,
+}
+
 /// The shared secret of the HA handshake. Its `Debug` never shows it, so
 /// logging a profile cannot leak it.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
@@ -225,6 +242,10 @@ pub struct HaConfig {
     /// `"serve"` or `"refuse"`.
     #[serde(default)]
     pub standalone: HaStandalone,
+    /// `"replicated"` or `"local"`: the ack mode of producers that do not
+    /// choose one.
+    #[serde(default)]
+    pub ack_mode: HaAckMode,
 }
 
 fn ping_interval_ms_default() -> u32 {
@@ -623,6 +644,15 @@ impl fmt::Display for HaStandalone {
     }
 }
 
+impl fmt::Display for HaAckMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HaAckMode::Replicated => "replicated",
+            HaAckMode::Local => "local",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,6 +741,7 @@ gateway = "127.0.0.1:2100"
                 failback: false,
                 standby: HaStandby::Hot,
                 standalone: HaStandalone::Serve,
+                ack_mode: HaAckMode::Replicated,
             }
         );
         assert_eq!(ha.precedence(), 0);
@@ -745,13 +776,15 @@ socket_creation_timeout_ms = 1500
 socket_initialization_timeout_ms = 2500
 failback = true
 standby = "warm"
-standalone = "refuse""#);
+standalone = "refuse"
+ack_mode = "local""#);
         assert_eq!(ha.mode, HaMode::Shared);
         assert_eq!(ha.role, HaRole::Secondary);
         assert_eq!(ha.precedence(), 7);
         assert!(ha.failback);
         assert_eq!(ha.standby, HaStandby::Warm);
         assert_eq!(ha.standalone, HaStandalone::Refuse);
+        assert_eq!(ha.ack_mode, HaAckMode::Local);
         let timings = ha.timings();
         assert_eq!(timings.ping_interval, Duration::from_millis(200));
         assert_eq!(timings.heartbeat_misses_max, 5);
@@ -1046,6 +1079,10 @@ standalone = "refuse""#);
                 "standalone = \"yes\"",
                 "unknown variant `yes`, expected `serve` or `refuse`",
             ),
+            (
+                "ack_mode = \"fast\"",
+                "unknown variant `fast`, expected `replicated` or `local`",
+            ),
             ("ping_interval = 100", "unknown field `ping_interval`"),
             (
                 "peer = \"peer.example:3000\"",
@@ -1111,5 +1148,7 @@ standalone = "refuse""#);
         assert_eq!(HaRole::Secondary.title(), "Secondary");
         assert_eq!(HaStandby::Warm.to_string(), "warm");
         assert_eq!(HaStandalone::Refuse.to_string(), "refuse");
+        assert_eq!(HaAckMode::Replicated.to_string(), "replicated");
+        assert_eq!(HaAckMode::Local.to_string(), "local");
     }
 }

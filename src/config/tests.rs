@@ -114,6 +114,7 @@ recv_buffer_bytes = 131072
 keepalive_secs = 0
 connect_timeout_ms = 1000
 handshake_timeout_ms = 2000
+tcp_user_timeout_ms = 4000
 "#,
     )
     .unwrap();
@@ -138,6 +139,7 @@ handshake_timeout_ms = 2000
             keepalive_secs: 0,
             connect_timeout_ms: 1_000,
             handshake_timeout_ms: 2_000,
+            tcp_user_timeout_ms: 4_000,
         }
     );
 }
@@ -202,6 +204,11 @@ fn invalid_values_name_the_key_and_why() {
             "[net.client]\nconnect_timeout_ms = 0",
             "net.client.connect_timeout_ms",
             "0 is outside 1..=600000",
+        ),
+        (
+            "[net.ha]\ntcp_user_timeout_ms = 600001",
+            "net.ha.tcp_user_timeout_ms",
+            "600001 exceeds 600000 (use 0 for the kernel default)",
         ),
     ];
     for &(extra, key, why) in cases {

@@ -67,6 +67,9 @@ fn now_unix_ms() -> u64 {
 pub struct HaControl {
     status: Mutex<Status>,
     stop: AtomicBool,
+    /// `promote --force` asked for and not yet fed to the machine; the
+    /// control thread takes it on its next tick.
+    promote: AtomicBool,
 }
 
 impl Control for HaControl {
@@ -80,6 +83,12 @@ impl Control for HaControl {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    fn promote_force(&self) -> Result<String, String> {
+        let message = crate::admin::forced_promotion(&self.status())?;
+        self.promote.store(true, Ordering::SeqCst);
+        Ok(message)
     }
 }
 
@@ -128,6 +137,7 @@ impl Driver {
         let control = Arc::new(HaControl {
             status: Mutex::new(passive_status(&profile, &ha)),
             stop: AtomicBool::new(false),
+            promote: AtomicBool::new(false),
         });
         tracing::info!(
             server = %profile.server.name, role = %ha.role, mode = %ha.mode,
@@ -204,6 +214,8 @@ fn passive_status(profile: &Profile, ha: &HaConfig) -> Status {
         gateway_reachable: None,
         last_transition: None,
         replication: Vec::new(),
+        confirmed_epoch: None,
+        lock_epoch: None,
     }
 }
 
@@ -392,6 +404,9 @@ impl Run {
             if let Some(result) = self.activating.as_ref().and_then(|rx| rx.try_recv().ok()) {
                 self.activating = None;
                 inputs.push(self.activated(result));
+            }
+            if self.control.promote.swap(false, Ordering::SeqCst) {
+                inputs.push(Input::Operator(machine::Operator::PromoteForce));
             }
             if self.plane.as_ref().is_some_and(DataPlane::any_stopped) {
                 tracing::error!("a shard stopped: this server stops serving");
@@ -653,12 +668,10 @@ impl Run {
         status.uptime_ms = self.started.elapsed().as_millis() as u64;
         status.mode = self.ha.mode.to_string();
         status.peer_state = Some(snapshot.peer_state.name().into());
-        status.lock_holder = self
-            .lock
-            .read()
-            .ok()
-            .map(|c| c.holder)
-            .filter(|h| !h.is_empty());
+        let lock = self.lock.read().ok();
+        status.lock_epoch = lock.as_ref().map(|c| c.epoch);
+        status.lock_holder = lock.map(|c| c.holder).filter(|h| !h.is_empty());
+        status.confirmed_epoch = Some(snapshot.confirmed_epoch.get());
         status.gateway_reachable = Some(snapshot.gateway_reachable);
         status.last_transition = Some(format!(
             "{} -> {}: {}",

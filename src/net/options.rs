@@ -41,6 +41,13 @@ pub const TIMEOUT_MS_MIN: u32 = 1;
 /// practice, and would keep a failed peer's resources for too long.
 pub const TIMEOUT_MS_MAX: u32 = 600_000;
 
+/// `TCP_USER_TIMEOUT` by default, for every `[net.*]` table: 0 keeps the
+/// kernel's behaviour (retransmitting unacknowledged data for about 15
+/// minutes, per `net.ipv4.tcp_retries2`). A bound tighter than the network's
+/// worst retransmission burst drops healthy connections, so no value suits
+/// every deployment; operators set it per table, `[net.ha]` first.
+pub const TCP_USER_TIMEOUT_MS_DEFAULT: u32 = 0;
+
 /// Largest socket buffer accepted. The kernel caps requests at
 /// `net.core.wmem_max` / `rmem_max` anyway; this bound catches typos (an extra
 /// zero) before they reach it.
@@ -67,6 +74,13 @@ pub struct SocketOptions {
     /// How long a new connection may take to complete the protocol handshake;
     /// enforced by the protocol layer, not here.
     pub handshake_timeout_ms: u32,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before
+    /// the kernel drops the connection; 0 keeps the kernel default. Keepalive
+    /// only probes an *idle* connection, so while data is queued a dead peer
+    /// would otherwise hold the connection for the kernel's full
+    /// retransmission time (about 15 minutes); with this set, a dead HA peer
+    /// is noticed within the bound even while replication data is in flight.
+    pub tcp_user_timeout_ms: u32,
 }
 
 impl Default for SocketOptions {
@@ -78,6 +92,7 @@ impl Default for SocketOptions {
             keepalive_secs: KEEPALIVE_SECS_DEFAULT,
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            tcp_user_timeout_ms: TCP_USER_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -121,6 +136,17 @@ impl SocketOptions {
                 );
             }
         }
+        // Unlike the timeouts above, 0 has one meaning here (the kernel
+        // default), so only the upper bound applies.
+        if self.tcp_user_timeout_ms > TIMEOUT_MS_MAX {
+            return invalid(
+                "tcp_user_timeout_ms",
+                format!(
+                    "{} exceeds {TIMEOUT_MS_MAX} (use 0 for the kernel default)",
+                    self.tcp_user_timeout_ms
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -138,6 +164,12 @@ impl SocketOptions {
     pub fn keepalive(&self) -> Option<Duration> {
         (self.keepalive_secs > 0).then(|| Duration::from_secs(self.keepalive_secs.into()))
     }
+
+    /// `TCP_USER_TIMEOUT` to set, or `None` for the kernel default.
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        (self.tcp_user_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.tcp_user_timeout_ms.into()))
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +186,7 @@ mod tests {
         assert_eq!(options.keepalive(), Some(Duration::from_secs(30)));
         assert_eq!(options.connect_timeout(), Duration::from_millis(3_000));
         assert_eq!(options.handshake_timeout(), Duration::from_millis(5_000));
+        assert_eq!(options.tcp_user_timeout(), None);
     }
 
     #[test]
@@ -199,6 +232,14 @@ mod tests {
                 "net.client.keepalive_secs",
                 "kernel's limit",
             ),
+            (
+                SocketOptions {
+                    tcp_user_timeout_ms: TIMEOUT_MS_MAX + 1,
+                    ..SocketOptions::default()
+                },
+                "net.client.tcp_user_timeout_ms",
+                "600001 exceeds 600000 (use 0 for the kernel default)",
+            ),
         ];
         for (options, key, why) in cases {
             let (got_key, got_why) = options.validate("net.client").unwrap_err();
@@ -215,6 +256,22 @@ mod tests {
         };
         options.validate("net.client").unwrap();
         assert_eq!(options.keepalive(), None);
+    }
+
+    #[test]
+    fn tcp_user_timeout_accepts_zero_and_the_maximum() {
+        for (value, expected) in [
+            (0, None),
+            (1, Some(Duration::from_millis(1))),
+            (TIMEOUT_MS_MAX, Some(Duration::from_millis(600_000))),
+        ] {
+            let options = SocketOptions {
+                tcp_user_timeout_ms: value,
+                ..SocketOptions::default()
+            };
+            options.validate("net.ha").unwrap();
+            assert_eq!(options.tcp_user_timeout(), expected);
+        }
     }
 
     #[test]

@@ -51,10 +51,17 @@ pub fn listen(
     Ok(socket.into())
 }
 
-/// Applies Nagle, buffer sizes and keepalive to an accepted or connected
-/// socket. Accepted sockets must go through this: which options a socket
-/// inherits from its listener differs between kernels, so nothing relies on
-/// it. Build the argument with `SockRef::from(&stream)`.
+/// Applies Nagle, buffer sizes, keepalive and `TCP_USER_TIMEOUT` to an
+/// accepted or connected socket. Accepted sockets must go through this: which
+/// options a socket inherits from its listener differs between kernels, so
+/// nothing relies on it. Build the argument with `SockRef::from(&stream)`.
+///
+/// `TCP_USER_TIMEOUT` bounds how long sent data may sit unacknowledged before
+/// the kernel drops the connection. Keepalive cannot do that: it probes only
+/// idle connections, and a connection with data queued is not idle, so
+/// without this bound a dead HA peer would go unnoticed by the socket for the
+/// kernel's full retransmission time (about 15 minutes) while replication
+/// data waits. 0 (`None`) is set explicitly too, clearing any inherited value.
 pub fn configure(socket: &SockRef<'_>, options: &SocketOptions) -> io::Result<()> {
     let context = |step: &'static str| {
         move |e: io::Error| {
@@ -84,6 +91,9 @@ pub fn configure(socket: &SockRef<'_>, options: &SocketOptions) -> io::Result<()
             .set_keepalive(false)
             .map_err(context("clear SO_KEEPALIVE"))?,
     }
+    socket
+        .set_tcp_user_timeout(options.tcp_user_timeout())
+        .map_err(context("set TCP_USER_TIMEOUT"))?;
     Ok(())
 }
 
@@ -245,6 +255,11 @@ mod tests {
         }
         assert!(socket.send_buffer_size().unwrap() >= options.send_buffer_bytes as usize);
         assert!(socket.recv_buffer_size().unwrap() >= options.recv_buffer_bytes as usize);
+        // The kernel reports 0 for "not set", which socket2 maps to None.
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            options.tcp_user_timeout()
+        );
     }
 
     #[test]
@@ -254,6 +269,7 @@ mod tests {
             keepalive_secs: 7,
             send_buffer_bytes: TEST_BUFFER_BYTES,
             recv_buffer_bytes: TEST_BUFFER_BYTES,
+            tcp_user_timeout_ms: 2_000,
             ..SocketOptions::default()
         };
         let listener = listen(loopback(), &options, false).unwrap();
@@ -271,6 +287,7 @@ mod tests {
         let off = SocketOptions {
             nodelay: false,
             keepalive_secs: 0,
+            tcp_user_timeout_ms: 0,
             ..SocketOptions::default()
         };
         configure(&SockRef::from(&accepted), &off).unwrap();

@@ -1,15 +1,23 @@
 //! `twinmq up`: a local HA pair in the foreground — the gateway responder,
-//! the primary and the secondary of the shipped profiles, with data, lock
-//! file and logs under one directory. State changes are printed as they
-//! happen; Ctrl-C (or SIGTERM) stops all three.
+//! the primary and the secondary of the shipped profiles (replicated by
+//! default, or shared), with data, lock file and logs under one directory.
+//! State changes are printed as they happen; Ctrl-C (or SIGTERM) stops all
+//! three.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// The shipped replicated-mode profiles (their paths are rewritten to
+/// `--dir`): one data directory per server, one lock file between them.
+const REPLICATED_PRIMARY: &str = include_str!("../../profiles/replicated/primary.toml");
+const REPLICATED_SECONDARY: &str = include_str!("../../profiles/replicated/secondary.toml");
 /// The shipped shared-mode profiles (their paths are rewritten to `--dir`).
 const SHARED_PRIMARY: &str = include_str!("../../profiles/shared/primary.toml");
 const SHARED_SECONDARY: &str = include_str!("../../profiles/shared/secondary.toml");
+/// What `twinmq up` runs without `--mode`: the mode DESIGN makes the
+/// product's default, where each server keeps its own copy of the journal.
+pub const MODE_DEFAULT: &str = "replicated";
 /// The gateway address the shipped profiles name.
 const GATEWAY_LISTEN: &str = "127.0.0.1:2100";
 /// The directory the shipped profiles name, replaced by `--dir`.
@@ -72,15 +80,18 @@ fn spawn(name: &'static str, args: &[&str], dir: &Path) -> Result<Child, String>
     Ok(child)
 }
 
+/// The shipped profiles of `mode`, primary then secondary.
+fn profiles(mode: &str) -> Result<(&'static str, &'static str), String> {
+    match mode {
+        "replicated" => Ok((REPLICATED_PRIMARY, REPLICATED_SECONDARY)),
+        "shared" => Ok((SHARED_PRIMARY, SHARED_SECONDARY)),
+        other => Err(format!("--mode {other}: expected replicated or shared")),
+    }
+}
+
 /// Runs the pair until a termination signal.
 pub fn up(mode: &str, dir: &Path) -> Result<(), String> {
-    let (primary, secondary) = match mode {
-        "shared" => (SHARED_PRIMARY, SHARED_SECONDARY),
-        "replicated" => {
-            return Err("--mode replicated: the replicated data path arrives with the next issue; use --mode shared".into());
-        }
-        other => return Err(format!("--mode {other}: expected shared or replicated")),
-    };
+    let (primary, secondary) = profiles(mode)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let shown = dir.display().to_string();
     let mut profiles = Vec::new();
@@ -90,8 +101,8 @@ pub fn up(mode: &str, dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         profiles.push(path);
     }
-    // The lock file must exist on the shared storage; an operator creates
-    // it once, and so does `up`.
+    // The lock file must exist on storage both servers reach (in either
+    // mode); an operator creates it once, and so does `up`.
     let lock = dir.join("ha.lock");
     if !lock.exists() {
         std::fs::File::create(&lock).map_err(|e| format!("{}: {e}", lock.display()))?;
@@ -136,6 +147,59 @@ mod tests {
         assert_eq!(p.server.data_dir, s.server.data_dir);
         assert_eq!(ph.peer_client, Some(s.server.client_listen));
         assert!(ph.worst_case_failover() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shipped_replicated_profiles_parse_and_form_a_pair() {
+        let parse = |text, origin| {
+            let (profile, warnings) =
+                crate::config::Profile::parse_with_warnings(text, origin).unwrap();
+            assert!(warnings.is_empty(), "{origin}: {warnings:?}");
+            profile
+        };
+        let p = parse(REPLICATED_PRIMARY, "replicated/primary.toml");
+        let s = parse(REPLICATED_SECONDARY, "replicated/secondary.toml");
+        let (ph, sh) = (p.ha.clone().unwrap(), s.ha.clone().unwrap());
+        assert_eq!(ph.mode, crate::config::HaMode::Replicated);
+        assert_eq!(sh.mode, crate::config::HaMode::Replicated);
+        assert_eq!(
+            (ph.role, sh.role),
+            (
+                crate::config::HaRole::Primary,
+                crate::config::HaRole::Secondary
+            )
+        );
+        assert_eq!((ph.listen, ph.peer), (sh.peer, sh.listen));
+        assert_eq!(ph.peer_client, Some(s.server.client_listen));
+        assert_eq!(sh.peer_client, Some(p.server.client_listen));
+        // Each server its own journal, one lock file for the pair.
+        assert_ne!(p.server.data_dir, s.server.data_dir);
+        assert_eq!(ph.lock_file, sh.lock_file);
+        assert_eq!(p.server.shards, s.server.shards);
+        // The handshake refuses a pair whose shared parameters differ.
+        assert_eq!(ph.timings(), sh.timings());
+        assert_eq!(
+            (ph.cluster_id.as_str(), ph.gateway),
+            (sh.cluster_id.as_str(), sh.gateway)
+        );
+        assert!(ph.worst_case_failover() < std::time::Duration::from_secs(1));
+        // Same timings as the shared pair: only the data path differs.
+        let shared = parse(SHARED_PRIMARY, "shared/primary.toml").ha.unwrap();
+        assert_eq!(ph.timings(), shared.timings());
+        // Every path sits under the directory `up` rewrites to --dir.
+        for path in [&p.server.data_dir, &s.server.data_dir, &ph.lock_file] {
+            assert!(path.starts_with(SHIPPED_DIR), "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn up_knows_both_modes_and_defaults_to_replicated() {
+        assert_eq!(profiles(MODE_DEFAULT).unwrap().0, REPLICATED_PRIMARY);
+        assert_eq!(profiles("shared").unwrap().0, SHARED_PRIMARY);
+        assert_eq!(
+            profiles("mirrored").unwrap_err(),
+            "--mode mirrored: expected replicated or shared"
+        );
     }
 
     #[test]
