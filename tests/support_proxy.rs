@@ -1,16 +1,19 @@
-//! The fault proxy's own tests, against a tiny echo server.
+//! The test fixtures' own tests: the fault proxy against a tiny echo server,
+//! and the pair fixture's profiles (both modes) against the profile
+//! validation the server runs at start-up.
 
-#[path = "support/proxy.rs"]
-mod proxy;
+#[path = "support/pair.rs"]
+mod pair;
 #[path = "support/server.rs"]
 mod server;
 
-use proxy::{Direction, Proxy};
+use pair::{Direction, Mode, Pair, Proxy, ReplicatedOptions};
 use server::{READY_TIMEOUT, free_port, wait_until};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use twinmq::config::{HaMode, HaStandalone, HaStandby, Profile};
 
 /// A loopback echo server that also records every byte it received, so a
 /// test can tell which direction a corruption happened in.
@@ -311,4 +314,88 @@ fn a_proxy_to_a_closed_port_closes_what_it_accepts() {
     let mut client = dial(proxy.addr());
     assert_closed(&mut client);
     assert_eq!(proxy.connections(), 0);
+}
+
+fn load(pair: &Pair, i: usize) -> Profile {
+    Profile::load(&pair.nodes[i].profile).unwrap_or_else(|e| {
+        panic!(
+            "the fixture's {} profile is valid: {e}\n{}",
+            pair.nodes[i].name,
+            std::fs::read_to_string(&pair.nodes[i].profile).unwrap()
+        )
+    })
+}
+
+#[test]
+fn shared_pair_profiles_are_valid_and_share_one_data_directory() {
+    let pair = Pair::new();
+    assert_eq!(pair.mode, Mode::Shared);
+    assert!(pair.proxies.is_none());
+    let profiles = [load(&pair, 0), load(&pair, 1)];
+    for (i, profile) in profiles.iter().enumerate() {
+        let ha = profile.ha.as_ref().expect("[ha]");
+        assert_eq!(ha.mode, HaMode::Shared);
+        assert_eq!(profile.server.data_dir, pair.dir.path().join("shared"));
+        assert_eq!(pair.data_dir(i), profile.server.data_dir);
+        assert_eq!(ha.listen, pair.nodes[i].ha);
+        assert_eq!(ha.peer, pair.nodes[1 - i].ha);
+        assert_eq!(ha.lock_file, pair.dir.path().join("ha.lock"));
+    }
+}
+
+#[test]
+fn replicated_pair_profiles_are_valid_with_a_data_directory_each() {
+    let pair = Pair::replicated();
+    assert_eq!(pair.mode, Mode::Replicated);
+    assert!(pair.proxies.is_none());
+    for i in 0..2 {
+        let profile = load(&pair, i);
+        let ha = profile.ha.as_ref().expect("[ha]");
+        assert_eq!(ha.mode, HaMode::Replicated);
+        assert_eq!(profile.server.shards, 2);
+        assert_eq!(
+            profile.server.data_dir,
+            pair.dir.path().join(pair.nodes[i].name)
+        );
+        assert_eq!(pair.data_dir(i), profile.server.data_dir);
+        assert_eq!(ha.peer, pair.nodes[1 - i].ha, "dials the peer directly");
+        assert_eq!(ha.lock_file, pair.dir.path().join("ha.lock"));
+        assert_eq!(ha.gateway, pair.gateway);
+        assert_eq!(profile.journal.segment_bytes, 1 << 20);
+    }
+    assert_ne!(pair.data_dir(0), pair.data_dir(1));
+}
+
+#[test]
+fn replicated_pair_with_options_dials_through_proxies_and_appends_to_ha() {
+    let pair = Pair::replicated_with(ReplicatedOptions {
+        journal: String::new(),
+        ha_extra: "standby = \"warm\"\nstandalone = \"refuse\"".to_owned(),
+        proxied_link: true,
+    });
+    let proxies = pair.proxies.as_ref().expect("proxied_link");
+    for (i, proxy) in proxies.iter().enumerate() {
+        let profile = load(&pair, i);
+        let ha = profile.ha.as_ref().expect("[ha]");
+        assert_eq!(ha.mode, HaMode::Replicated);
+        assert_eq!(ha.standby, HaStandby::Warm);
+        assert_eq!(ha.standalone, HaStandalone::Refuse);
+        assert_eq!(ha.peer, proxy.addr(), "server {i} dials its proxy");
+        assert_eq!(proxy.target(), pair.nodes[1 - i].ha);
+        assert_eq!(pair.proxy(i).addr(), proxy.addr());
+        assert_eq!(
+            profile.journal.segment_bytes,
+            twinmq::journal::JournalOptions::default().segment_bytes,
+            "an empty [journal] means the shipped defaults"
+        );
+    }
+
+    // The proxy really forwards to the peer's HA port: listen there.
+    let listener = TcpListener::bind(pair.nodes[1].ha).unwrap();
+    let mut dialer = dial(pair.proxy(0).addr());
+    let (mut accepted, _) = listener.accept().unwrap();
+    dialer.write_all(b"link").unwrap();
+    let mut got = [0u8; 4];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"link");
 }
