@@ -487,6 +487,8 @@ impl Run {
                     vec![]
                 }
             }
+            // No replication receiver yet: dropping the socket closes it.
+            LinkEvent::Stream { .. } => vec![],
         }
     }
 

@@ -1,12 +1,15 @@
 //! The HA link: the one dedicated connection between the two servers of a
 //! pair, over which they authenticate each other, check that they agree on
 //! the parameters both must share, and then exchange state announcements
-//! and heartbeats.
+//! and heartbeats. The same port and handshake also open the pair's
+//! replication streams (see below).
 //!
 //! ```text
 //!   driver ──connect()/send()/disconnect()──▶ Link ──TCP, JSON lines──▶ peer's Link
 //!     ▲                                        │ listener thread: accepts, one thread per handshake
-//!     └──────── LinkEvent: Up, Message…, Down ─┘ connection thread: handshake, then reads lines
+//!     └──────── LinkEvent: Up, Message…, Down ─┤ connection thread: handshake, then reads lines
+//!   replication ◀── LinkEvent::Stream ─────────┘   (or hands a stream's socket over and ends)
+//!   replication ──StreamDialer::dial(k)──────────▶ peer's HA port, handshake, socket returned
 //! ```
 //!
 //! Wire format: one JSON object per line, `\n`-terminated, each line at most
@@ -14,7 +17,7 @@
 //!
 //! ```text
 //!   hello  {"magic":"twinmq-ha","version":1,"node":N,"role":"primary"|"secondary",
-//!           "precedence":P,"nonce":HEX(32 random bytes)}
+//!           "precedence":P,"nonce":HEX(32 random bytes)[,"stream":K]}
 //!   proof  {"mac":HEX(HMAC-SHA256(key, "twinmq-ha-v1\n" + peer's nonce + "\n" + own node)),
 //!           "params":{…Params…}}
 //!   ok     {}                      refuse {"reason":R}   (then the refusing side closes)
@@ -44,19 +47,36 @@
 //! the MAC checked out, so refusals never tell a stranger more than "bad
 //! cluster key".
 //!
-//! At most one connection is live. If both servers connect at once and both
-//! handshakes complete, the one initiated by the server with the lower
-//! (precedence, node name) is kept and the other closed: each side decides
-//! alone and both reach the same answer. Each side reports, per live
-//! connection, `Up`, then its `Message`s, then exactly one `Down`; a
-//! connection replaced before its `Up` is dropped without a trace, one
-//! replaced after it gets its `Down` before the new `Up`.
+//! At most one control connection is live. If both servers connect at
+//! once and both handshakes complete, the one initiated by the server with
+//! the lower (precedence, node name) is kept and the other closed: each
+//! side decides alone and both reach the same answer. Each side reports,
+//! per live connection, `Up`, then its `Message`s, then exactly one
+//! `Down`; a connection replaced before its `Up` is dropped without a
+//! trace, one replaced after it gets its `Down` before the new `Up`.
+//!
+//! Replication streams: one TCP connection per shard carries journal
+//! bytes between shard K of the active and shard K of the passive. The
+//! passive dials it with [`StreamDialer::dial`], whose `hello` names the
+//! shard (`"stream":K`, absent on the control connection, so control hellos
+//! are unchanged); the acceptor's `hello` never does. The handshake is the
+//! control connection's, with the same key, identity and parameter checks,
+//! and in addition the acceptor refuses a K that is not below the shared
+//! shard count. After `ok` the connection leaves the link: the dialer gets
+//! the socket back, the acceptor sends it as [`LinkEvent::Stream`], both
+//! blocking with their timeouts cleared, and from then on it carries
+//! binary, not lines. A stream never touches the live control connection
+//! (no `Up`, no `Down`, never replaces it) and the link keeps no hold on
+//! it: it stays open when the link is dropped. Either side may write the
+//! moment its handshake ends, so the last line of a handshake (the `ok`) is
+//! read without read-ahead: no byte after it is ever taken from the socket.
 //!
 //! What it owns: the HA listener, the connection threads, the handshake
 //! and the line codec. What it must never do: decide anything about states
 //! (the machine does), retry on its own (the driver calls [`Link::connect`]
 //! every ping interval while the link is down), block its caller beyond a
-//! write timeout (dropping the link aside), or log the cluster key.
+//! write timeout (dropping the link aside), log the cluster key, or read or
+//! write a replication stream once its handshake is over.
 
 use crate::config::{ClusterKey, HaConfig, HaRole, SERVER_NAME_CHARS_MAX, check_word};
 use crate::ha::machine::{Stamp, State};
@@ -97,10 +117,11 @@ pub const NONCE_BYTES: usize = 32;
 /// another protocol version never verifies.
 const MAC_CONTEXT: &str = "twinmq-ha-v1\n";
 
-/// Accepted connections whose handshake may run at once. The peer needs
-/// one (two during a simultaneous connect); the rest absorbs strays and
-/// port scans. Beyond it, new connections are closed at once, so a flood
-/// costs threads only up to this bound.
+/// Accepted connections whose handshake may run at once, on top of one per
+/// shard (a passive redials every shard's replication stream at once). The
+/// peer's control connection needs one (two during a simultaneous
+/// connect); the rest absorbs strays and port scans. Beyond the bound, new
+/// connections are closed at once, so a flood costs threads only up to it.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 8;
 
 /// How often the idle listener thread checks whether the link is being
@@ -293,9 +314,11 @@ pub enum PeerMessage {
     Heartbeat { state: State, stamp: Stamp },
 }
 
-/// What the link reports to its owner, in order per connection: `Up`, its
-/// `Message`s, then exactly one `Down`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the link reports to its owner, in order per control connection:
+/// `Up`, its `Message`s, then exactly one `Down`. `Stream`s come apart from
+/// that order, at any time, whether the control connection is up or not.
+/// (Not `Clone` or `PartialEq`: a `Stream` owns its socket.)
+#[derive(Debug)]
 pub enum LinkEvent {
     /// A connection passed the handshake and is now the link.
     Up {
@@ -306,6 +329,11 @@ pub enum LinkEvent {
     Message(PeerMessage),
     /// The live connection is gone; `reason` says why, for the log.
     Down { reason: String },
+    /// An authenticated replication stream for `shard` was accepted (the
+    /// peer dialed it). The socket is blocking, its timeouts cleared,
+    /// `[net.ha]` applied, and nothing after the handshake has been read
+    /// from it; the receiver owns it, the link no longer touches it.
+    Stream { shard: u16, stream: TcpStream },
 }
 
 /// Why a connection attempt, a handshake or a live connection failed.
@@ -354,6 +382,14 @@ enum LinkError {
     /// The other side refused this server, for this reason.
     #[error("{0}")]
     Refused(String),
+    /// The peer asked for a replication stream of a shard the pair does
+    /// not have.
+    #[error("no replication stream for shard {shard}: the pair has {shards} shards")]
+    NoSuchShard { shard: u32, shards: u32 },
+    /// Bytes that were not handshake lines arrived before a replication
+    /// stream's handshake ended: a peer that does not wait for `ok`.
+    #[error("{0} bytes arrived before the handshake ended")]
+    Early(usize),
 }
 
 impl LinkError {
@@ -426,6 +462,13 @@ struct Hello {
     role: WireRole,
     precedence: u32,
     nonce: String,
+    /// The shard whose replication stream the initiator opens; absent on
+    /// control connections (and so left out, keeping their hello as it
+    /// always was) and in every acceptor's hello. A `u32` on the wire, as
+    /// `Params::shards`, so any index is refused by name rather than
+    /// failing to parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream: Option<u32>,
 }
 
 /// One line. Unknown fields are ignored and unknown types parse as
@@ -579,7 +622,8 @@ fn verify(key: &ClusterKey, nonce: &str, node: &str, proof: &str) -> bool {
 
 /// Reads `\n`-terminated lines, at most [`LINE_BYTES_MAX`] each; bytes
 /// after a line stay buffered for the next one (the handshake's last line
-/// may arrive with the first messages).
+/// may arrive with the first messages), except with
+/// [`LineReader::read_line_exact`], which takes nothing past its line.
 struct LineReader {
     stream: Arc<TcpStream>,
     buf: Vec<u8>,
@@ -600,6 +644,25 @@ impl LineReader {
     /// `Timeout` once it passes; without, waits until a line, the end of
     /// the stream or an error.
     fn read_line(&mut self, deadline: Option<Deadline>) -> Result<Vec<u8>, LinkError> {
+        self.next_line(deadline, false)
+    }
+
+    /// Like [`Self::read_line`], but never takes a byte past the line's
+    /// newline from the socket: for the handshake's last line, after which
+    /// a replication stream's peer may send binary at once. Each read
+    /// peeks first and then takes only up to the first newline, so it
+    /// costs a second system call per read; a handshake line or two is
+    /// all that is read this way.
+    fn read_line_exact(&mut self, deadline: Option<Deadline>) -> Result<Vec<u8>, LinkError> {
+        self.next_line(deadline, true)
+    }
+
+    /// Bytes read from the socket and not yet returned as a line.
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn next_line(&mut self, deadline: Option<Deadline>, exact: bool) -> Result<Vec<u8>, LinkError> {
         loop {
             if let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + at;
@@ -621,7 +684,20 @@ impl LineReader {
                     .map_err(LinkError::Io)?;
             }
             let mut chunk = [0u8; READ_CHUNK_BYTES];
-            match (&*self.stream).read(&mut chunk) {
+            let read = if exact {
+                // Whatever the peek saw stays queued in the socket, so the
+                // read after it returns at once and never takes more.
+                self.stream.peek(&mut chunk).and_then(|seen| {
+                    let wanted = chunk[..seen]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(seen, |at| at + 1);
+                    (&*self.stream).read(&mut chunk[..wanted])
+                })
+            } else {
+                (&*self.stream).read(&mut chunk)
+            };
+            match read {
                 Ok(0) => return Err(LinkError::Closed),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -653,23 +729,41 @@ enum Initiator {
     Peer,
 }
 
-/// Who the peer is, once the handshake passed.
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The control connection: state and heartbeat lines.
+    Control,
+    /// The replication stream of this shard: binary after the handshake.
+    Stream(u16),
+}
+
+/// Who the peer is, once the handshake passed, and what the connection is
+/// for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PeerIdentity {
     node: String,
     precedence: u32,
+    purpose: Purpose,
 }
 
-/// Runs the handshake on a fresh connection (see the module doc). On
-/// failure after the peer's hello, a `refuse` has been sent where the
-/// protocol calls for one.
+/// Runs the handshake on a fresh connection (see the module doc). The
+/// initiator announces `purpose`; an acceptor must pass `Control` and
+/// learns the purpose from the peer's hello. On failure after the peer's
+/// hello, a `refuse` has been sent where the protocol calls for one. On
+/// success for a stream, nothing past the peer's `ok` has been read.
 fn handshake(
     config: &LinkConfig,
     stream: &TcpStream,
     reader: &mut LineReader,
     initiator: Initiator,
+    purpose: Purpose,
     deadline: Deadline,
 ) -> Result<PeerIdentity, LinkError> {
+    assert!(
+        initiator == Initiator::Us || purpose == Purpose::Control,
+        "only the initiator announces a stream"
+    );
     let mut nonce = [0u8; NONCE_BYTES];
     crate::io::random_bytes(&mut nonce).map_err(LinkError::Io)?;
     let nonce = hex(&nonce);
@@ -680,6 +774,10 @@ fn handshake(
         role: config.role.into(),
         precedence: config.precedence,
         nonce: nonce.clone(),
+        stream: match purpose {
+            Purpose::Control => None,
+            Purpose::Stream(shard) => Some(shard.into()),
+        },
     };
     write_line(stream, &Wire::Hello(hello), deadline)?;
 
@@ -727,17 +825,50 @@ fn handshake(
     if let Err(error) = check_pair(config, &theirs, &params) {
         return Err(refuse(stream, reader, error, deadline));
     }
+    // Only the initiator's hello says what the connection is for: an
+    // acceptor naming a stream is ignored, so it cannot turn this
+    // server's control connection into anything else.
+    let purpose = match (initiator, theirs.stream) {
+        (Initiator::Us, _) | (Initiator::Peer, None) => purpose,
+        (Initiator::Peer, Some(shard)) => match stream_shard(shard, config.params.shards) {
+            Ok(shard) => Purpose::Stream(shard),
+            Err(error) => return Err(refuse(stream, reader, error, deadline)),
+        },
+    };
     write_line(stream, &Wire::Ok, deadline)?;
-    match Wire::decode(&reader.read_line(Some(deadline))?)? {
-        Wire::Ok => Ok(PeerIdentity {
-            node: theirs.node,
-            precedence: theirs.precedence,
-        }),
-        Wire::Refuse { reason } => Err(LinkError::Refused(printable(&reason))),
-        other => Err(LinkError::Unexpected {
-            expected: "ok",
-            got: other.kind(),
-        }),
+    // Read exactly: a stream's peer may follow its `ok` with binary at once,
+    // and the bytes must stay in the socket for whoever gets it.
+    match Wire::decode(&reader.read_line_exact(Some(deadline))?)? {
+        Wire::Ok => {}
+        Wire::Refuse { reason } => return Err(LinkError::Refused(printable(&reason))),
+        other => {
+            return Err(LinkError::Unexpected {
+                expected: "ok",
+                got: other.kind(),
+            });
+        }
+    }
+    // Neither side sends anything after its `ok` before it has read the
+    // other's, so bytes buffered here came from a peer that broke that
+    // rule; handing the socket on without them would corrupt the stream.
+    if let Purpose::Stream(_) = purpose
+        && reader.buffered() > 0
+    {
+        return Err(LinkError::Early(reader.buffered()));
+    }
+    Ok(PeerIdentity {
+        node: theirs.node,
+        precedence: theirs.precedence,
+        purpose,
+    })
+}
+
+/// The shard of a stream the peer asked for, if the pair has it (both
+/// servers have `shards` shards: the parameters were compared already).
+fn stream_shard(shard: u32, shards: u32) -> Result<u16, LinkError> {
+    match u16::try_from(shard) {
+        Ok(index) if shard < shards => Ok(index),
+        _ => Err(LinkError::NoSuchShard { shard, shards }),
     }
 }
 
@@ -1034,6 +1165,78 @@ impl Link {
     pub fn last_failure(&self) -> Option<String> {
         self.shared.slots().last_failure.clone()
     }
+
+    /// A dialer of replication streams to the configured peer. It keeps
+    /// its own copy of the configuration and no hold on the link: streams
+    /// are not part of the link's life.
+    pub fn stream_dialer(&self) -> StreamDialer {
+        StreamDialer {
+            config: Arc::new(self.shared.config.clone()),
+        }
+    }
+}
+
+/// Dials replication streams to the configured peer (clonable, Send,
+/// usable from any thread). Each dial is independent of the control link:
+/// it neither needs it up nor affects it.
+#[derive(Debug, Clone)]
+pub struct StreamDialer {
+    config: Arc<LinkConfig>,
+}
+
+impl StreamDialer {
+    /// Connects to the peer's HA port and runs the handshake announcing a
+    /// stream for `shard`. Blocks for at most the `[net.ha]` connect
+    /// timeout plus the handshake timeout. The socket comes back blocking,
+    /// with its read and write timeouts cleared, `[net.ha]` applied, and
+    /// nothing after the peer's `ok` read from it.
+    ///
+    /// Errors are one line for the log: the connect failure (naming the
+    /// address), the peer's refusal with its reason (a bad cluster key,
+    /// differing parameters, a shard the pair does not have), or why the
+    /// handshake failed (timeout, closed). The caller retries; nothing is
+    /// logged here above debug, so the caller decides how loud a failure is.
+    pub fn dial(&self, shard: u16) -> Result<TcpStream, String> {
+        let config = &*self.config;
+        let peer = config.peer;
+        let failed = |headline: &str| {
+            let reason = format!("replication stream for shard {shard}: {headline}");
+            tracing::debug!("{reason}");
+            reason
+        };
+        // The link's own wording, so a stream and the control connection
+        // failing for one cause read alike in the log.
+        let handshake_failed = |error: LinkError| {
+            let (_, lines) = describe_failure(Initiator::Us, peer, &error);
+            failed(lines.last().map_or("", String::as_str))
+        };
+        let stream = crate::net::connect(peer, &config.socket)
+            .map_err(|error| failed(&LinkError::Connect(error).to_string()))?;
+        let stream = Arc::new(stream);
+        let mut reader = LineReader::new(Arc::clone(&stream));
+        let deadline = Deadline::after(config.socket.handshake_timeout_ms);
+        let peer_identity = handshake(
+            config,
+            &stream,
+            &mut reader,
+            Initiator::Us,
+            Purpose::Stream(shard),
+            deadline,
+        )
+        .map_err(handshake_failed)?;
+        drop(reader);
+        let stream =
+            Arc::try_unwrap(stream).expect("the handshake's reader was the only other handle");
+        stream
+            .set_read_timeout(None)
+            .and_then(|()| stream.set_write_timeout(None))
+            .map_err(|error| failed(&format!("cannot clear timeouts: {error}")))?;
+        tracing::debug!(
+            "HA replication stream for shard {shard} open to {} at {peer}",
+            peer_identity.node
+        );
+        Ok(stream)
+    }
 }
 
 impl Drop for Link {
@@ -1217,7 +1420,8 @@ impl Shared {
 
     fn start_accepted(self: &Arc<Shared>, stream: TcpStream, from: SocketAddr) {
         let mut slots = self.slots();
-        if slots.accepting >= HANDSHAKES_IN_FLIGHT_MAX {
+        let shards = usize::try_from(self.config.params.shards).unwrap_or(usize::MAX);
+        if slots.accepting >= HANDSHAKES_IN_FLIGHT_MAX.saturating_add(shards) {
             tracing::debug!(%from, "HA listener: too many handshakes under way; closing");
             return;
         }
@@ -1291,18 +1495,36 @@ impl Shared {
             slots.sockets.insert(id, Arc::clone(&stream));
             id
         };
-        let _registration = Registration { shared: self, id };
+        let registration = Registration { shared: self, id };
         let initiator = attempt.initiator;
         let mut reader = LineReader::new(Arc::clone(&stream));
         let deadline = Deadline::after(self.config.socket.handshake_timeout_ms);
-        match handshake(&self.config, &stream, &mut reader, initiator, deadline) {
-            Ok(peer) => {
-                let kept = self.establish(id, &stream, initiator, &peer, from);
-                drop(attempt);
-                if kept {
-                    self.read_loop(id, reader);
+        let handshaken = handshake(
+            &self.config,
+            &stream,
+            &mut reader,
+            initiator,
+            Purpose::Control,
+            deadline,
+        );
+        match handshaken {
+            Ok(peer) => match peer.purpose {
+                Purpose::Control => {
+                    let kept = self.establish(id, &stream, initiator, &peer, from);
+                    drop(attempt);
+                    if kept {
+                        self.read_loop(id, reader);
+                    }
                 }
-            }
+                Purpose::Stream(shard) => {
+                    drop(attempt);
+                    // Out of the books before the socket leaves: dropping
+                    // the link must not shut down a stream it handed over.
+                    drop(registration);
+                    drop(reader);
+                    self.hand_over(stream, shard, &peer, from);
+                }
+            },
             Err(error) => {
                 drop(attempt);
                 let (level, lines) = describe_failure(initiator, from, &error);
@@ -1407,6 +1629,36 @@ impl Shared {
         true
     }
 
+    /// Sends an accepted replication stream to the link's owner, blocking
+    /// and with its timeouts cleared, unless the link is being dropped (the
+    /// stream is closed then). `stream` must be the only handle left.
+    fn hand_over(&self, stream: Arc<TcpStream>, shard: u16, peer: &PeerIdentity, from: SocketAddr) {
+        let stream = Arc::try_unwrap(stream)
+            .expect("a connection's reader and registration are gone before its hand-over");
+        let untimed = stream
+            .set_read_timeout(None)
+            .and_then(|()| stream.set_write_timeout(None));
+        let mut slots = self.slots();
+        if let Err(error) = untimed {
+            let lines = [format!(
+                "HA replication stream for shard {shard} from {}: cannot clear timeouts: {error}",
+                peer.node
+            )];
+            slots.failed(tracing::Level::WARN, &lines);
+            return;
+        }
+        // Under the lock, as the check in `run`: a link being dropped hands
+        // nothing more out.
+        if self.stopping() {
+            return;
+        }
+        tracing::debug!(
+            "HA replication stream for shard {shard} accepted from {} at {from}",
+            peer.node
+        );
+        let _ = slots.events.send(LinkEvent::Stream { shard, stream });
+    }
+
     /// Reads the live connection `id` until it closes or is replaced,
     /// reporting each message while it is still the live one.
     fn read_loop(&self, id: u64, mut reader: LineReader) {
@@ -1474,7 +1726,7 @@ fn describe_failure(
             lines.push(format!("HA connection with {who} refused: {error}"));
             (Level::ERROR, lines)
         }
-        LinkError::Identity(_) => (
+        LinkError::Identity(_) | LinkError::NoSuchShard { .. } => (
             Level::ERROR,
             vec![format!("HA connection with {who} refused: {error}")],
         ),
@@ -1583,6 +1835,8 @@ mod tests {
         downs: u32,
         messages: Vec<PeerMessage>,
         peers: Vec<(String, u32)>,
+        /// Accepted replication streams, in arrival order.
+        streams: Vec<(u16, TcpStream)>,
     }
 
     impl Side {
@@ -1595,6 +1849,7 @@ mod tests {
                 downs: 0,
                 messages: Vec::new(),
                 peers: Vec::new(),
+                streams: Vec::new(),
             }
         }
 
@@ -1625,6 +1880,8 @@ mod tests {
                     assert_eq!(self.net(), 1, "{}: Down while down", self.name());
                     self.downs += 1;
                 }
+                // Apart from the control connection's order: any time.
+                LinkEvent::Stream { shard, stream } => self.streams.push((shard, stream)),
             }
         }
 
@@ -1933,6 +2190,271 @@ mod tests {
         assert_eq!(a.ups, ROUNDS as u32);
     }
 
+    /// A few KiB of binary unlike any line: every byte value, newlines and
+    /// zeros among them, in an order that depends on `seed`.
+    fn binary(seed: u8) -> Vec<u8> {
+        (0..6 * 1024usize)
+            .map(|i| (i as u8).wrapping_mul(167).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Reads exactly `len` bytes; fails the test if they do not come
+    /// within [`WAIT`].
+    fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut bytes = vec![0; len];
+        stream.read_exact(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// Dials the stream of `shard` with `dialer` to `acceptor`; each end
+    /// writes a few KiB of binary the moment it has its socket, before
+    /// reading anything, and each must receive the other's intact. Returns
+    /// (dialed, accepted).
+    fn open_stream(
+        dialer: &StreamDialer,
+        acceptor: &mut Side,
+        shard: u16,
+    ) -> (TcpStream, TcpStream) {
+        let seed = u8::try_from(shard).unwrap();
+        let to_acceptor = binary(seed);
+        let to_dialer = binary(!seed);
+        let dialing = {
+            let dialer = dialer.clone();
+            let payload = to_acceptor.clone();
+            std::thread::spawn(move || -> Result<TcpStream, String> {
+                let mut stream = dialer.dial(shard)?;
+                stream.write_all(&payload).map_err(|e| e.to_string())?;
+                Ok(stream)
+            })
+        };
+        let count = acceptor.streams.len();
+        acceptor.wait_until("Stream", |s| s.streams.len() > count);
+        let (accepted_shard, mut accepted) = acceptor.streams.remove(count);
+        accepted.write_all(&to_dialer).unwrap();
+        assert_eq!(accepted_shard, shard);
+        let mut dialed = dialing.join().unwrap().unwrap();
+
+        // Handed over as promised: no timeouts left, [net.ha] applied.
+        for end in [&dialed, &accepted] {
+            assert_eq!(end.read_timeout().unwrap(), None);
+            assert_eq!(end.write_timeout().unwrap(), None);
+            assert_eq!(end.nodelay().unwrap(), SocketOptions::default().nodelay);
+        }
+        assert_eq!(read_exactly(&mut accepted, to_acceptor.len()), to_acceptor);
+        assert_eq!(read_exactly(&mut dialed, to_dialer.len()), to_dialer);
+        (dialed, accepted)
+    }
+
+    #[test]
+    fn a_dialed_stream_arrives_with_its_shard_carries_binary_at_once_and_leaves_the_link_alone() {
+        let (mut a, mut b) = pair_of(alpha(), beta());
+        let dialer = b.link.stream_dialer();
+
+        // With no control connection, a stream does not make one.
+        open_stream(&dialer, &mut a, 1);
+        a.poll(QUIET);
+        b.poll(QUIET);
+        assert_eq!((a.ups, b.ups), (0, 0));
+        assert!(!a.link.is_up() && !b.link.is_up());
+
+        // With one, it stays as it was on both sides: no Down, no new Up.
+        a.link.connect();
+        a.wait_until("Up", |s| s.ups == 1);
+        b.wait_until("Up", |s| s.ups == 1);
+        let mut kept = Vec::new();
+        for shard in 0..2 {
+            kept.push(open_stream(&dialer, &mut a, shard));
+        }
+        a.poll(QUIET);
+        b.poll(QUIET);
+        assert_eq!((a.ups, a.downs, b.ups, b.downs), (1, 0, 1, 0));
+        assert!(b.streams.is_empty(), "the dialing side accepts nothing");
+        exchange(&mut a, &mut b, 1);
+
+        // The link keeps no hold on a stream: dropping it closes only the
+        // control connection.
+        drop(a);
+        drop(b);
+        let (mut dialed, mut accepted) = kept.pop().unwrap();
+        dialed.write_all(b"after").unwrap();
+        assert_eq!(read_exactly(&mut accepted, 5), b"after");
+        accepted.write_all(b"still").unwrap();
+        assert_eq!(read_exactly(&mut dialed, 5), b"still");
+    }
+
+    #[test]
+    fn a_stream_dialed_with_a_wrong_cluster_key_is_refused_and_never_handed_over() {
+        let mut intruder = beta();
+        intruder.cluster_key = ClusterKey::from("another-cluster-key!");
+        let (mut a, b) = pair_of(alpha(), intruder);
+        let a_addr = a.link.local_addr();
+
+        let error = b.link.stream_dialer().dial(0).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "replication stream for shard 0: \
+                 HA peer {a_addr} refused the connection: bad cluster key"
+            )
+        );
+        a.wait_failure(
+            "rejection",
+            "HA connection from 127.0.0.1 rejected: bad cluster key",
+        );
+        a.poll(QUIET);
+        assert!(a.streams.is_empty());
+        assert_eq!(a.ups, 0);
+    }
+
+    #[test]
+    fn a_stream_dial_to_a_port_nobody_listens_on_names_the_address() {
+        let nobody = free_port();
+        let side = Side::start(LinkConfig {
+            peer: nobody,
+            ..beta()
+        });
+        let error = side.link.stream_dialer().dial(0).unwrap_err();
+        assert!(
+            error.starts_with(&format!(
+                "replication stream for shard 0: connect to {nobody}: "
+            )),
+            "{error}"
+        );
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn a_stream_for_a_shard_the_pair_does_not_have_is_refused_naming_it() {
+        let (mut a, mut b) = pair_of(alpha(), beta());
+        let a_addr = a.link.local_addr();
+        a.link.connect();
+        a.wait_until("Up", |s| s.ups == 1);
+        b.wait_until("Up", |s| s.ups == 1);
+        let dialer = b.link.stream_dialer();
+
+        // The pair has shards 0 and 1.
+        for shard in [2, u16::MAX] {
+            let why = format!("no replication stream for shard {shard}: the pair has 2 shards");
+            let error = dialer.dial(shard).unwrap_err();
+            assert_eq!(
+                error,
+                format!(
+                    "replication stream for shard {shard}: \
+                     HA peer {a_addr} refused the connection: {why}"
+                )
+            );
+            a.wait_failure(
+                "refusal",
+                &format!("HA connection with 127.0.0.1 refused: {why}"),
+            );
+        }
+        a.poll(QUIET);
+        b.poll(QUIET);
+        assert!(a.streams.is_empty());
+        // The control connection did not notice.
+        assert_eq!((a.ups, a.downs, b.ups, b.downs), (1, 0, 1, 0));
+        exchange(&mut a, &mut b, 1);
+    }
+
+    #[test]
+    fn every_shard_of_a_many_shard_pair_can_dial_its_stream_at_once() {
+        // More shards than the handshakes a listener otherwise takes at
+        // once: a passive redials all of them together.
+        const SHARDS: u16 = 12;
+        let mut many = (alpha(), beta());
+        many.0.params.shards = SHARDS.into();
+        many.1.params.shards = SHARDS.into();
+        let (mut a, b) = pair_of(many.0, many.1);
+        let dialer = b.link.stream_dialer();
+        let dials: Vec<_> = (0..SHARDS)
+            .map(|shard| {
+                let dialer = dialer.clone();
+                std::thread::spawn(move || dialer.dial(shard).map(drop))
+            })
+            .collect();
+        for dial in dials {
+            dial.join().unwrap().unwrap();
+        }
+        a.wait_until("every Stream", |s| s.streams.len() == usize::from(SHARDS));
+        let mut shards: Vec<u16> = a.streams.iter().map(|(shard, _)| *shard).collect();
+        shards.sort_unstable();
+        assert_eq!(shards, (0..SHARDS).collect::<Vec<_>>());
+    }
+
+    /// Plays `config`'s side of a stream handshake by hand: as the
+    /// initiator of the stream of `shard`, or (`None`) as the acceptor.
+    /// Conforms to the protocol, but sends `then` in the same write as its
+    /// `ok`, and sends that `ok` only after reading the other side's: the
+    /// other side then finds the first stream bytes right behind the last
+    /// line it reads, every time.
+    fn hurried_handshake(config: &LinkConfig, stream: &TcpStream, shard: Option<u16>, then: &[u8]) {
+        let mut reader = LineReader::new(Arc::new(stream.try_clone().unwrap()));
+        let deadline = Some(Deadline::after(5_000));
+        let mut writer = stream;
+        let mut read = || Wire::decode(&reader.read_line(deadline).unwrap()).unwrap();
+        let hello = Wire::Hello(Hello {
+            magic: MAGIC.to_owned(),
+            version: PROTOCOL_VERSION,
+            node: config.node.clone(),
+            role: config.role.into(),
+            precedence: config.precedence,
+            nonce: hex(&[9; NONCE_BYTES]),
+            stream: shard.map(u32::from),
+        });
+        writer.write_all(&hello.encode()).unwrap();
+        let Wire::Hello(theirs) = read() else {
+            panic!("no hello");
+        };
+        let proof = Wire::Proof {
+            mac: prove(&config.cluster_key, &theirs.nonce, &config.node),
+            params: config.params.clone(),
+        };
+        if shard.is_some() {
+            writer.write_all(&proof.encode()).unwrap();
+        }
+        assert!(matches!(read(), Wire::Proof { .. }));
+        if shard.is_none() {
+            writer.write_all(&proof.encode()).unwrap();
+        }
+        assert_eq!(read(), Wire::Ok);
+        let mut last = Wire::Ok.encode();
+        last.extend_from_slice(then);
+        writer.write_all(&last).unwrap();
+    }
+
+    #[test]
+    fn bytes_sent_with_the_last_handshake_line_are_left_in_the_stream_both_ways() {
+        let payload = binary(7);
+
+        // A hurried initiator, this link accepting.
+        let mut a = Side::start(alpha());
+        let hurried = TcpStream::connect(a.link.local_addr()).unwrap();
+        hurried_handshake(&beta(), &hurried, Some(1), &payload);
+        a.wait_until("Stream", |s| !s.streams.is_empty());
+        let (shard, mut accepted) = a.streams.remove(0);
+        assert_eq!(shard, 1);
+        assert_eq!(read_exactly(&mut accepted, payload.len()), payload);
+
+        // This link's dialer, a hurried acceptor.
+        let listener = TcpListener::bind(loopback_any()).unwrap();
+        let dialer = StreamDialer {
+            config: Arc::new(LinkConfig {
+                peer: listener.local_addr().unwrap(),
+                ..beta()
+            }),
+        };
+        let dialing = std::thread::spawn(move || dialer.dial(0));
+        assert!(
+            crate::io::wait_readable(listener.as_fd(), WAIT).unwrap(),
+            "no dial within {WAIT:?}"
+        );
+        let (hurried, _) = listener.accept().unwrap();
+        hurried_handshake(&alpha(), &hurried, None, &payload);
+        let mut dialed = dialing.join().unwrap().unwrap();
+        assert_eq!(read_exactly(&mut dialed, payload.len()), payload);
+    }
+
     /// Reads what the link sends on a raw connection until it closes (a
     /// reset counts as closed); fails the test if it does not within
     /// [`WAIT`]. Returns the lines.
@@ -2009,6 +2531,7 @@ mod tests {
             role: WireRole::Secondary,
             precedence: 1,
             nonce: hex(&[7; NONCE_BYTES]),
+            stream: None,
         });
         stranger.write_all(&hello.encode()).unwrap();
         let lines = read_until_closed(&mut stranger);
@@ -2027,6 +2550,7 @@ mod tests {
             role: WireRole::Secondary,
             precedence: 1,
             nonce: hex(&[7; NONCE_BYTES]),
+            stream: None,
         });
         newer.write_all(&hello.encode()).unwrap();
         let lines = read_until_closed(&mut newer);
@@ -2050,6 +2574,7 @@ mod tests {
             &stream,
             &mut reader,
             Initiator::Us,
+            Purpose::Control,
             Deadline::after(1_000),
         )
         .unwrap();
@@ -2057,7 +2582,8 @@ mod tests {
             peer,
             PeerIdentity {
                 node: "alpha".to_owned(),
-                precedence: 0
+                precedence: 0,
+                purpose: Purpose::Control,
             }
         );
         a.wait_until("Up", |s| s.ups == 1);
@@ -2110,19 +2636,43 @@ mod tests {
                 reason: "no".to_owned()
             }
         );
-        let hello = line(&Wire::Hello(Hello {
+        let control = Hello {
             magic: MAGIC.to_owned(),
             version: 1,
             node: "alpha".to_owned(),
             role: WireRole::Primary,
             precedence: 0,
             nonce: "00".repeat(NONCE_BYTES),
+            stream: None,
+        };
+        // A control hello is exactly what it was before streams existed.
+        let hello = line(&Wire::Hello(control.clone()));
+        assert_eq!(
+            hello,
+            format!(
+                r#"{{"type":"hello","magic":"twinmq-ha","version":1,"node":"alpha","role":"primary","precedence":0,"nonce":"{}"}}"#,
+                "00".repeat(NONCE_BYTES)
+            ) + "\n"
+        );
+        assert_eq!(
+            Wire::decode(hello.trim_end().as_bytes()).unwrap(),
+            Wire::Hello(control.clone())
+        );
+        let stream_hello = line(&Wire::Hello(Hello {
+            stream: Some(1),
+            ..control.clone()
         }));
         assert!(
-            hello.starts_with(
-                r#"{"type":"hello","magic":"twinmq-ha","version":1,"node":"alpha","role":"primary","precedence":0,"nonce":"0000"#
-            ),
-            "{hello}"
+            stream_hello.ends_with("00\",\"stream\":1}\n"),
+            "{stream_hello}"
+        );
+        // Any index parses, so a shard out of range is refused by name.
+        assert_eq!(
+            Wire::decode(stream_hello.replace(":1}", ":70000}").trim_end().as_bytes()).unwrap(),
+            Wire::Hello(Hello {
+                stream: Some(70_000),
+                ..control
+            })
         );
         assert!(matches!(
             Wire::decode(br#"{"type":"proof","mac":"ab","params":{"ping_interval_ms":1}}"#),
@@ -2215,6 +2765,24 @@ mod tests {
             reader.read_line(Some(deadline)),
             Err(LinkError::LineTooLong)
         ));
+    }
+
+    #[test]
+    fn an_exact_line_read_leaves_what_follows_the_line_in_the_socket() {
+        let (mut writer, stream) = socket_pair();
+        let mut reader = LineReader::new(Arc::clone(&stream));
+        let deadline = Some(Deadline::after(5_000));
+        writer.write_all(b"one\ntw").unwrap();
+        assert_eq!(reader.read_line_exact(deadline).unwrap(), b"one");
+        assert_eq!(reader.buffered(), 0);
+        let mut rest = b"o\n".to_vec();
+        rest.extend_from_slice(&binary(3));
+        writer.write_all(&rest).unwrap();
+        assert_eq!(reader.read_line_exact(deadline).unwrap(), b"two");
+        assert_eq!(reader.buffered(), 0);
+        drop(reader);
+        let mut stream = Arc::try_unwrap(stream).unwrap();
+        assert_eq!(read_exactly(&mut stream, binary(3).len()), binary(3));
     }
 
     #[test]
