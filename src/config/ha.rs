@@ -113,7 +113,7 @@ pub enum HaRole {
     Secondary,
 }
 
-/// What a passive keeps ready (used by a later issue).
+/// What a passive keeps ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HaStandby {
@@ -124,15 +124,17 @@ pub enum HaStandby {
     Warm,
 }
 
-/// Whether a server that is alone (no peer) may serve clients (used by a
-/// later issue).
+/// How a server that is alone (STANDALONE, replicated mode) treats sends
+/// whose ack mode is `replicated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HaStandalone {
-    /// Serve alone, as STANDALONE, when the lock and gateway allow it.
+    /// Acknowledge them after the local flush, and report the server as
+    /// degraded (no passive has them).
     #[default]
     Serve,
-    /// Never serve without the peer.
+    /// Refuse them (error `NotReplicated`): only `local` sends are taken
+    /// until a passive is back in sync.
     Refuse,
 }
 

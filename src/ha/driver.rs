@@ -17,13 +17,15 @@
 //! before the lock is released.
 
 use super::gateway;
-use super::link::{Link, LinkConfig, LinkEvent, PeerMessage};
+use super::link::{Link, LinkConfig, LinkEvent, PeerMessage, StreamDialer};
 use super::lock_file::{Acquire, LockContent, LockFile};
 use super::machine::{self, Action, Input, LockResult, Machine, Mode, Stamp, State, Time, Timings};
 use crate::admin::{Control, Status};
 use crate::config::{HaConfig, HaMode, HaRole, Profile};
 use crate::ids::{Epoch, Offset};
 use crate::server::{Activation, DataPlane};
+use crate::shard::ShardControl;
+use std::net::TcpStream;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +38,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const TICK: Duration = Duration::from_millis(10);
 /// File (in the data directory) holding the confirmed epoch.
 const CONFIRMED_FILE: &str = "ha-confirmed-epoch";
+/// How long every shard has to make a new epoch's start record durable.
+const EPOCH_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before a passive dials a shard's replication stream again after
+/// the last one failed or closed.
+const STREAM_REDIAL: Duration = Duration::from_millis(200);
 
 /// Why an HA server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +60,9 @@ pub enum DriverError {
     },
     #[error("HA control thread panicked")]
     Panicked,
+    /// Replicated mode: the journals could not be opened.
+    #[error("{0}")]
+    DataPlane(Box<crate::server::ServerError>),
 }
 
 fn now_unix_ms() -> u64 {
@@ -131,9 +141,22 @@ impl Driver {
             shards,
             profile.journal.segment_bytes,
         );
+        // Replicated: this server's own journals run from the start (a
+        // passive appends what the active streams), their listeners answer
+        // NOT_ACTIVE until it serves. Shared: nothing is opened until this
+        // server holds the lock; a redirector answers meanwhile.
+        let (redirector, plane) = if ha.mode == HaMode::Replicated {
+            let plane = DataPlane::start(&profile, Activation::Deferred, false)
+                .map_err(|e| DriverError::DataPlane(Box::new(e)))?;
+            *plane.shared().active_hint.lock().expect("hint lock") =
+                ha.peer_client.map(|a| a.to_string()).unwrap_or_default();
+            (None, Some(plane))
+        } else {
+            let redirector = Redirector::start(profile.server.client_listen, ha.peer_client)
+                .map_err(DriverError::Redirector)?;
+            (Some(redirector), None)
+        };
         let link = Link::start(link_config, link_tx).map_err(DriverError::Link)?;
-        let redirector = Redirector::start(profile.server.client_listen, ha.peer_client)
-            .map_err(DriverError::Redirector)?;
         let control = Arc::new(HaControl {
             status: Mutex::new(passive_status(&profile, &ha)),
             stop: AtomicBool::new(false),
@@ -156,6 +179,7 @@ impl Driver {
                     link,
                     link_rx,
                     redirector,
+                    plane,
                     confirmed,
                     confirmed_path,
                     control_for_thread,
@@ -304,6 +328,31 @@ struct Run {
     control: Arc<HaControl>,
     started: Instant,
     epoch: Epoch,
+    /// Replicated mode: streams, roles and history of the shards.
+    replicated: Option<Replicated>,
+}
+
+/// What the control thread keeps for a replicated pair's data plane.
+struct Replicated {
+    dialer: StreamDialer,
+    dial_tx: Sender<(usize, Result<TcpStream, String>)>,
+    dial_rx: Receiver<(usize, Result<TcpStream, String>)>,
+    dials: Vec<Dial>,
+    /// The machine state whose shard roles were last sent.
+    roles_for: Option<State>,
+    /// Sum of the shards' progress figures at the last tick.
+    progress: u64,
+    stamp: Stamp,
+}
+
+/// One shard's replication stream, as the passive's dialer sees it.
+#[derive(Debug, Clone, Copy)]
+struct Dial {
+    in_flight: bool,
+    /// The shard's count of closed follower streams when the last stream
+    /// was handed over: a larger count means that stream is gone.
+    handed_at: Option<u64>,
+    next_try: Instant,
 }
 
 impl Run {
@@ -314,7 +363,8 @@ impl Run {
         lock: LockFile,
         link: Link,
         link_rx: Receiver<LinkEvent>,
-        redirector: Redirector,
+        redirector: Option<Redirector>,
+        plane: Option<DataPlane>,
         confirmed: u64,
         confirmed_path: PathBuf,
         control: Arc<HaControl>,
@@ -338,10 +388,40 @@ impl Run {
         // Shared mode: the history is the shared journal's; its newest
         // epoch is never newer than the lock file's.
         let file_epoch = lock.read().map(|c| c.epoch).unwrap_or(0);
-        let stamp = Stamp {
-            epoch: Epoch(file_epoch.max(confirmed)),
-            end: Offset::ZERO,
+        // Replicated: the history is this server's own journals'.
+        let stamp = match &plane {
+            Some(plane) => {
+                let (epoch, end) = plane.history();
+                Stamp {
+                    epoch,
+                    end: Offset(end),
+                }
+            }
+            None => Stamp {
+                epoch: Epoch(file_epoch.max(confirmed)),
+                end: Offset::ZERO,
+            },
         };
+        let replicated = plane.as_ref().map(|plane| {
+            let (dial_tx, dial_rx) = mpsc::channel();
+            let shards = plane.identity().shards;
+            Replicated {
+                dialer: link.stream_dialer(),
+                dial_tx,
+                dial_rx,
+                dials: vec![
+                    Dial {
+                        in_flight: false,
+                        handed_at: None,
+                        next_try: Instant::now(),
+                    };
+                    shards
+                ],
+                roles_for: None,
+                progress: 0,
+                stamp,
+            }
+        });
         let config = machine::Config {
             mode,
             role,
@@ -362,14 +442,15 @@ impl Run {
             gateway_tx,
             gateway_rx,
             gateway_in_flight: false,
-            redirector: Some(redirector),
-            plane: None,
+            redirector,
+            plane,
             activating: None,
             confirmed_path,
             control,
             started: Instant::now(),
             epoch: Epoch(file_epoch),
             ha,
+            replicated,
         }
     }
 
@@ -408,6 +489,7 @@ impl Run {
             if self.control.promote.swap(false, Ordering::SeqCst) {
                 inputs.push(Input::Operator(machine::Operator::PromoteForce));
             }
+            inputs.extend(self.replication_inputs());
             if self.plane.as_ref().is_some_and(DataPlane::any_stopped) {
                 tracing::error!("a shard stopped: this server stops serving");
                 inputs.push(Input::Lock(LockResult::Lost {
@@ -487,8 +569,17 @@ impl Run {
                     vec![]
                 }
             }
-            // No replication receiver yet: dropping the socket closes it.
-            LinkEvent::Stream { .. } => vec![],
+            LinkEvent::Stream { shard, stream } => {
+                // Only an active server leads a stream; otherwise dropping
+                // the socket closes it and the passive dials again later.
+                if let Some(plane) = &self.plane
+                    && self.machine.state().serves()
+                    && usize::from(shard) < plane.identity().shards
+                {
+                    plane.control(usize::from(shard), ShardControl::Accept(stream));
+                }
+                vec![]
+            }
         }
     }
 
@@ -500,8 +591,102 @@ impl Run {
         for action in actions {
             follow_ups.extend(self.act(action));
         }
+        self.apply_roles();
         for input in follow_ups {
             self.step(input);
+        }
+    }
+
+    /// Replicated: what the shards' figures mean for the machine — the
+    /// history's stamp, progress of a synchronisation, its completion —
+    /// and the passive's stream dialing.
+    fn replication_inputs(&mut self) -> Vec<Input> {
+        let (Some(plane), Some(rep)) = (&self.plane, &mut self.replicated) else {
+            return Vec::new();
+        };
+        let mut inputs = Vec::new();
+        let (epoch, end) = plane.history();
+        let stamp = Stamp {
+            epoch,
+            end: Offset(end),
+        };
+        if stamp != rep.stamp {
+            rep.stamp = stamp;
+            inputs.push(Input::LocalStamp(stamp));
+        }
+        let shards = plane.replication();
+        let state = self.machine.state();
+        let progress = end + shards.iter().map(|s| s.peer_durable).sum::<u64>();
+        if progress != rep.progress {
+            rep.progress = progress;
+            if matches!(state, State::ActiveSync | State::PassiveSync) {
+                inputs.push(Input::Progress);
+            }
+        }
+        if state == State::ActiveSync && shards.iter().all(|s| s.stream_up && s.in_sync) {
+            inputs.push(Input::SyncComplete);
+        }
+        // A passive dials every shard's stream; one that closed (the active
+        // went away, or reset it) is dialed again after a pause.
+        let following = matches!(state, State::PassiveSync | State::Passive);
+        while let Ok((shard, result)) = rep.dial_rx.try_recv() {
+            let dial = &mut rep.dials[shard];
+            dial.in_flight = false;
+            dial.next_try = Instant::now() + STREAM_REDIAL;
+            match result {
+                Ok(stream) if following => {
+                    dial.handed_at = Some(shards[shard].follower_streams_closed);
+                    plane.control(shard, ShardControl::Follow(stream));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(shard, %error, "replication stream dial failed"),
+            }
+        }
+        for (shard, dial) in rep.dials.iter_mut().enumerate() {
+            if !following {
+                dial.handed_at = None;
+                continue;
+            }
+            let alive = dial
+                .handed_at
+                .is_some_and(|at| shards[shard].follower_streams_closed <= at);
+            if dial.in_flight || alive || Instant::now() < dial.next_try {
+                continue;
+            }
+            dial.in_flight = true;
+            let (dialer, tx) = (rep.dialer.clone(), rep.dial_tx.clone());
+            std::thread::Builder::new()
+                .name("twinmq-ha-dial".into())
+                .spawn(move || {
+                    let _ = tx.send((shard, dialer.dial(shard as u16)));
+                })
+                .expect("spawn stream dialer");
+        }
+        inputs
+    }
+
+    /// Replicated: tells the shards the role the machine's state means
+    /// (once per state). Passive shards get theirs with their stream.
+    fn apply_roles(&mut self) {
+        let state = self.machine.state();
+        let (Some(plane), Some(rep)) = (&self.plane, &mut self.replicated) else {
+            return;
+        };
+        if rep.roles_for == Some(state) {
+            return;
+        }
+        rep.roles_for = Some(state);
+        let refuse_replicated = self.ha.standalone == crate::config::HaStandalone::Refuse;
+        let request = |_: usize| match state {
+            State::ActiveSync | State::Active => Some(ShardControl::Lead),
+            State::Standalone => Some(ShardControl::Solo { refuse_replicated }),
+            State::PassiveSync | State::Passive => None,
+            _ => Some(ShardControl::Idle),
+        };
+        for shard in 0..plane.identity().shards {
+            if let Some(request) = request(shard) {
+                plane.control(shard, request);
+            }
         }
     }
 
@@ -566,7 +751,18 @@ impl Run {
                     Ok(()) => {
                         self.written = Some(content);
                         self.epoch = epoch;
-                        Input::EpochWritten(epoch)
+                        // Replicated: the epoch opens in every journal
+                        // before anything is served or confirmed in it.
+                        let opened = match (&self.plane, &self.replicated) {
+                            (Some(plane), Some(_)) => plane.begin_epoch(epoch, EPOCH_WRITE_TIMEOUT),
+                            _ => Ok(()),
+                        };
+                        match opened {
+                            Ok(()) => Input::EpochWritten(epoch),
+                            Err(reason) => Input::Lock(LockResult::Lost {
+                                reason: format!("opening epoch {epoch} in the journals: {reason}"),
+                            }),
+                        }
                     }
                     Err(error) => Input::Lock(LockResult::Lost {
                         reason: format!("recording epoch {epoch}: {error}"),
@@ -584,9 +780,18 @@ impl Run {
                 }
             }
             Action::StartServing => {
+                // Roles first: a shard must know it leads before the first
+                // client it lets in can send.
+                self.apply_roles();
                 if let Some(plane) = &self.plane {
                     plane.shared().serving.store(true, Ordering::SeqCst);
                 }
+            }
+            Action::StopServing if self.replicated.is_some() => {
+                if let Some(plane) = &self.plane {
+                    plane.shared().serving.store(false, Ordering::SeqCst);
+                }
+                self.apply_roles();
             }
             Action::StopServing => self.stop_plane(),
             Action::Recover => {
@@ -607,8 +812,10 @@ impl Run {
                     .expect("spawn recovery thread");
                 self.activating = Some(rx);
             }
-            Action::StartSync { .. } => {
-                tracing::warn!("replicated catch-up is not available yet");
+            // The passive dials its streams (`replication_inputs`); the
+            // active takes them as they arrive (`LinkEvent::Stream`).
+            Action::StartSync { sender } => {
+                tracing::debug!(sender, "synchronisation starts");
             }
             Action::Log(line) => tracing::info!("{line}"),
         }

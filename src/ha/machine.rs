@@ -413,12 +413,15 @@ impl Machine {
             Input::Lock(result) => self.lock_result(now, result, actions),
             Input::Gateway { reachable } => self.gateway(now, reachable, actions),
             Input::LocalStamp(stamp) => {
-                assert!(
-                    stamp.epoch >= self.stamp.epoch,
-                    "a local history never goes back an epoch"
-                );
+                // A history can go back an epoch: a former active that
+                // rejoins cuts the tail the new active does not have.
                 self.stamp = stamp;
                 self.epoch = self.epoch.max(stamp.epoch);
+                if self.state == State::Passive {
+                    // A passive in sync holds the active's whole history: an
+                    // epoch that reached its journal is confirmed.
+                    self.confirm(actions);
+                }
             }
             Input::SyncComplete => {
                 if self.state == State::ActiveSync {

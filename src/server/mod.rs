@@ -61,12 +61,6 @@ pub enum ServerError {
     Panicked(usize),
     #[error(transparent)]
     Ha(#[from] crate::ha::driver::DriverError),
-    /// A profile asks for something this build cannot do yet.
-    #[error("{key}: {why}")]
-    Unsupported {
-        key: &'static str,
-        why: &'static str,
-    },
 }
 
 /// What the admin endpoint reports about a data plane.
@@ -254,7 +248,8 @@ impl DataPlane {
                         refuse_replicated: false,
                     }
                 },
-                default_local_ack: false,
+                default_local_ack: ha
+                    .is_some_and(|ha| ha.ack_mode == crate::config::HaAckMode::Local),
                 hot_standby,
                 batch_bytes_max: profile.journal.batch_bytes_max,
                 socket: socket.clone(),
@@ -463,16 +458,7 @@ impl Server {
         // time would be too late.
         crate::io::probe()?;
         let (listener, admin_addr) = bind_admin(profile)?;
-        if let Some(ha) = &profile.ha {
-            if ha.mode == crate::config::HaMode::Replicated {
-                // Without the replicated data path (dual write, catch-up) a
-                // replicated pair would claim to serve and serve nothing.
-                return Err(ServerError::Unsupported {
-                    key: "ha.mode",
-                    why: "\"replicated\" needs the replication data path, which this build does not have yet; \
-                          use mode = \"shared\" (profiles/shared/)",
-                });
-            }
+        if profile.ha.is_some() {
             let driver = crate::ha::driver::Driver::start(profile.clone())?;
             let control = driver.control();
             let admin = admin::serve(listener, control.clone());

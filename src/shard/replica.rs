@@ -98,6 +98,8 @@ pub struct ReplicaStats {
     pub catchup_remaining_bytes: u64,
     /// Streams closed so far (by either side or after an error).
     pub streams_closed: u64,
+    /// Of those, streams from the active (passive side).
+    pub follower_streams_closed: u64,
     pub last_error: Option<String>,
 }
 
@@ -548,6 +550,7 @@ impl Replica {
                 .clone()
                 .unwrap_or_else(|| why.to_owned());
             tracing::info!(reason = %why, "replication stream from the active closed");
+            self.stats.follower_streams_closed += 1;
             self.stats.last_error = Some(why.clone());
             self.retire(follower.stream, &why);
         }
