@@ -322,6 +322,7 @@ mod tests {
             lock_holder: None,
             gateway_reachable: Some(true),
             last_transition: None,
+            replication: Vec::new(),
             confirmed_epoch: confirmed,
             lock_epoch: lock,
         }
