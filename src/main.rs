@@ -64,6 +64,10 @@ enum Command {
         /// Sends in flight before waiting for acknowledgements.
         #[arg(long, default_value_t = 64)]
         window: usize,
+        /// When sends are acknowledged: `local` (the active's flush),
+        /// `replicated` (the passive's flush too), or the server's default.
+        #[arg(long, value_parser = ["default", "local", "replicated"], default_value = "default")]
+        ack_mode: String,
     },
     /// Receive (and acknowledge) messages; prints one body per line.
     Receive {
@@ -192,12 +196,18 @@ fn main() -> ExitCode {
             non_persistent,
             ttl_ms,
             window,
+            ack_mode,
         } => {
             let options = ProducerOptions {
                 window,
                 persistent: !non_persistent,
                 ttl_ms,
                 producer_id: None,
+                ack_mode: match ack_mode.as_str() {
+                    "local" => twinmq::protocol::AckMode::Local,
+                    "replicated" => twinmq::protocol::AckMode::Replicated,
+                    _ => twinmq::protocol::AckMode::Default,
+                },
             };
             send(&url, &destination, body, size, count, options)
         }
@@ -453,6 +463,30 @@ fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
         if let Some(last) = &s.last_transition {
             println!("  last transition: {last}");
         }
+        if let Some(degraded) = &s.degraded {
+            println!("  DEGRADED: {degraded}");
+        }
+    }
+    for (shard, r) in s.replication.iter().enumerate() {
+        let sync = if r.in_sync {
+            "in sync".to_owned()
+        } else if r.catchup_remaining_bytes > 0 {
+            format!("catching up, {} bytes to go", r.catchup_remaining_bytes)
+        } else {
+            "not in sync".to_owned()
+        };
+        println!(
+            "  shard {shard} replication: {}, stream {}, {sync}, peer durable at {}, lag {} bytes / {} records{}",
+            r.role,
+            if r.stream_up { "up" } else { "down" },
+            r.peer_durable,
+            r.lag_bytes,
+            r.lag_records,
+            r.last_error
+                .as_deref()
+                .map(|e| format!(", last stream error: {e}"))
+                .unwrap_or_default()
+        );
     }
     for poisoned in &s.poisoned {
         println!("  JOURNAL FAILED: {poisoned}");

@@ -96,32 +96,3 @@ fn a_bad_profile_stops_start_up_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
 }
-
-#[test]
-fn a_replicated_profile_is_refused_until_replication_exists() {
-    let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("ha.lock");
-    std::fs::File::create(&lock).unwrap();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/profiles/shared/primary.toml"
-    ))
-    .unwrap()
-    .replace("mode = \"shared\"", "mode = \"replicated\"")
-    .replace("./data/pair/ha.lock", lock.to_str().unwrap())
-    .replace(
-        "./data/pair/shared",
-        dir.path().join("data").to_str().unwrap(),
-    )
-    .replace("127.0.0.1:1856", "127.0.0.1:0")
-    .replace("127.0.0.1:1858", "127.0.0.1:0");
-    let profile = dir.path().join("replicated.toml");
-    std::fs::write(&profile, text).unwrap();
-    let out = twinmq(&["server", "--profile", profile.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("ha.mode") && stderr.contains("shared"),
-        "{stderr}"
-    );
-}

@@ -68,6 +68,10 @@ pub struct Status {
     /// catch-up progress), in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<crate::shard::ReplicaStats>,
+    /// Replicated HA: why acknowledged writes are not on two disks now
+    /// (STANDALONE), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// HA: the newest epoch this server's history is known to be complete
     /// to (the last one it was active in, or fully synchronised as passive).
     /// A forced promotion keeps everything up to it.
@@ -198,6 +202,7 @@ pub fn data_status(identity: &Identity, shared: &Shared) -> Status {
         gateway_reachable: None,
         last_transition: None,
         replication: Vec::new(),
+        degraded: None,
         confirmed_epoch: None,
         lock_epoch: None,
     };
@@ -323,6 +328,7 @@ mod tests {
             gateway_reachable: Some(true),
             last_transition: None,
             replication: Vec::new(),
+            degraded: None,
             confirmed_epoch: confirmed,
             lock_epoch: lock,
         }

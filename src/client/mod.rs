@@ -386,6 +386,10 @@ pub struct ProducerOptions {
     /// A stable id (kept across reconnects by the durable connection);
     /// random when `None`.
     pub producer_id: Option<u64>,
+    /// When a send is acknowledged: `Default` takes the server's
+    /// `ha.ack_mode`; `Local` after the active's flush; `Replicated` after
+    /// the passive's flush too.
+    pub ack_mode: protocol::AckMode,
 }
 
 impl Default for ProducerOptions {
@@ -395,6 +399,7 @@ impl Default for ProducerOptions {
             persistent: true,
             ttl_ms: 0,
             producer_id: None,
+            ack_mode: protocol::AckMode::Default,
         }
     }
 }
@@ -436,7 +441,7 @@ impl Producer {
             destination: destination.to_owned(),
             persistent: self.options.persistent,
             ttl_ms: self.options.ttl_ms,
-            ack_mode: protocol::AckMode::Default,
+            ack_mode: self.options.ack_mode,
             headers,
             body,
         }))?;

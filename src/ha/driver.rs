@@ -238,6 +238,7 @@ fn passive_status(profile: &Profile, ha: &HaConfig) -> Status {
         gateway_reachable: None,
         last_transition: None,
         replication: Vec::new(),
+        degraded: None,
         confirmed_epoch: None,
         lock_epoch: None,
     }
@@ -882,6 +883,16 @@ impl Run {
         status.lock_holder = lock.map(|c| c.holder).filter(|h| !h.is_empty());
         status.confirmed_epoch = Some(snapshot.confirmed_epoch.get());
         status.gateway_reachable = Some(snapshot.gateway_reachable);
+        if self.replicated.is_some() && snapshot.state == State::Standalone {
+            status.degraded = Some(match self.ha.standalone {
+                crate::config::HaStandalone::Serve => {
+                    "STANDALONE: no passive; replicated sends are acknowledged on this server's flush alone".into()
+                }
+                crate::config::HaStandalone::Refuse => {
+                    "STANDALONE: no passive; replicated sends are refused (standalone = \"refuse\")".into()
+                }
+            });
+        }
         status.last_transition = Some(format!(
             "{} -> {}: {}",
             snapshot.previous, snapshot.state, snapshot.last_reason

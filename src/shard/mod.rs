@@ -424,8 +424,9 @@ impl Shard {
             let _ = done.send(Err(error));
             return;
         }
+        // The commit point moves (and what waited on it is released) in
+        // `advance_commit`, under the role the control thread sets next.
         self.broker.set_durable(durable);
-        self.committed = self.committed.max(durable);
         let _ = done.send(Ok(()));
     }
 
