@@ -292,6 +292,43 @@ fn corrupt_once_from_target_leaves_the_target_s_input_alone() {
 }
 
 #[test]
+fn hold_stalls_both_ways_until_release_and_cut_drops_what_it_held() {
+    let echo = Echo::start();
+    let proxy = Proxy::start(echo.addr);
+    let mut client = dial(proxy.addr());
+    assert_eq!(round_trip(&mut client, b"before"), b"before");
+
+    proxy.hold();
+    client.write_all(b"held").unwrap();
+    // A bounded look for what must not happen: nothing reaches the target
+    // or comes back while held.
+    client
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut back = [0u8; 4];
+    let stalled = client.read(&mut back).unwrap_err();
+    assert!(
+        matches!(stalled.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{stalled}"
+    );
+    assert_eq!(echo.received(), b"before");
+    assert_eq!(proxy.connections(), 1, "held, not closed");
+
+    proxy.release();
+    client.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"held");
+
+    // Held bytes die with a cut: the target never sees them.
+    proxy.hold();
+    client.write_all(b"lost").unwrap();
+    proxy.cut();
+    assert_closed(&mut client);
+    assert_eq!(echo.received(), b"beforeheld");
+    proxy.release();
+}
+
+#[test]
 fn dropping_the_proxy_closes_its_connections_and_frees_its_port() {
     let echo = Echo::start();
     let proxy = Proxy::start(echo.addr);

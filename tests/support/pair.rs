@@ -33,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 pub const SMALL_JOURNAL: &str = "segment_bytes = 1048576\nbatch_bytes_max = 262144\n";
 
 /// Shards per server in a pair's profiles.
-const PAIR_SHARDS: u32 = 2;
+pub const PAIR_SHARDS: u32 = 2;
 
 /// The names of the two servers, also their `ha.role`s and the stems of
 /// their profile, log and (replicated) data directory names.
@@ -341,6 +341,31 @@ impl Pair {
         let pid = self.nodes[i].child.as_ref().expect("running").id() as i32;
         // SAFETY: kill takes no pointers; the pid is our own child's.
         unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Stops server `i` cleanly, as `twinmq shutdown` does (the admin
+    /// endpoint's `shutdown`), and waits for it to exit; an exit status
+    /// other than 0 fails the test with its log.
+    pub fn stop(&mut self, i: usize) {
+        let name = self.nodes[i].name;
+        assert!(self.nodes[i].child.is_some(), "{name} is not running");
+        twinmq::admin::request(self.nodes[i].admin, "shutdown")
+            .unwrap_or_else(|e| panic!("ask {name} to shut down: {e}\n{}", self.log(i)));
+        // The child stays in the node while it winds down, so a stop that
+        // times out still leaves it to `Drop` to kill.
+        let mut exited = None;
+        let child = self.nodes[i].child.as_mut().expect("checked");
+        wait_until(READY_TIMEOUT, &format!("{name} to exit"), || {
+            exited = child.try_wait().unwrap();
+            exited.is_some()
+        });
+        self.nodes[i].child = None;
+        let status = exited.expect("waited for it");
+        assert!(
+            status.success(),
+            "{name}: a clean stop exits 0, not {status}:\n{}",
+            self.log(i)
+        );
     }
 
     pub fn kill(&mut self, i: usize) {

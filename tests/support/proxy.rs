@@ -1,6 +1,7 @@
 //! A TCP fault proxy for integration tests: it listens on a free loopback
 //! port and forwards every connection it accepts to one target, both ways,
-//! and can cut the link or flip one bit in the stream on request.
+//! and can cut the link, hold (stall) it, or flip one bit in the stream on
+//! request.
 //!
 //! ```text
 //!   dialer ──▶ proxy.addr() ══ pump ToTarget ══▶ target
@@ -83,6 +84,8 @@ struct Armed {
 
 struct State {
     cut: bool,
+    /// Pumps forward nothing (`hold`) until `release`.
+    held: bool,
     stopping: bool,
     links: HashMap<u64, Link>,
     next_link: u64,
@@ -96,6 +99,8 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever a link goes away.
     link_closed: Condvar,
+    /// Signalled when held pumps may go on (released, cut or stopping).
+    released: Condvar,
     bytes: [AtomicU64; 2],
 }
 
@@ -124,6 +129,17 @@ impl Shared {
         } else {
             armed.remaining -= len;
         }
+    }
+
+    /// Blocks a pump while the proxy is held; `false` if it was cut or
+    /// stopped meanwhile (the bytes the pump holds are then dropped).
+    fn wait_released(&self) -> bool {
+        let state = self.state();
+        let state = self
+            .released
+            .wait_while(state, |s| s.held && !s.cut && !s.stopping)
+            .unwrap_or_else(|e| e.into_inner());
+        !state.cut && !state.stopping
     }
 
     fn pump_done(&self, id: u64) {
@@ -159,6 +175,7 @@ impl Proxy {
             target,
             state: Mutex::new(State {
                 cut: false,
+                held: false,
                 stopping: false,
                 links: HashMap::new(),
                 next_link: 0,
@@ -167,6 +184,7 @@ impl Proxy {
                 pumps: Vec::new(),
             }),
             link_closed: Condvar::new(),
+            released: Condvar::new(),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         });
         let acceptor = {
@@ -199,6 +217,7 @@ impl Proxy {
     pub fn cut(&self) {
         let mut state = self.shared.state();
         state.cut = true;
+        self.shared.released.notify_all();
         for link in state.links.values() {
             link.shutdown();
         }
@@ -218,6 +237,21 @@ impl Proxy {
     /// Forwards new connections again.
     pub fn heal(&self) {
         self.shared.state().cut = false;
+    }
+
+    /// Stalls every connection, both ways, without closing any: a pump
+    /// keeps what it has read and reads no more, so bytes wait in the proxy
+    /// and the sockets' buffers, and TCP's flow control stops the senders,
+    /// as on a network path that stopped delivering. `release` forwards
+    /// them; `cut` drops them.
+    pub fn hold(&self) {
+        self.shared.state().held = true;
+    }
+
+    /// Ends a `hold`: everything waiting goes on, in order.
+    pub fn release(&self) {
+        self.shared.state().held = false;
+        self.shared.released.notify_all();
     }
 
     /// Arms a one-time corruption: the byte `after_bytes` bytes into what
@@ -258,6 +292,7 @@ impl Drop for Proxy {
             for link in state.links.values() {
                 link.shutdown();
             }
+            self.shared.released.notify_all();
         }
         // Wake the acceptor, blocked in accept, so it sees `stopping`. The
         // listener is ours and open, so the connection lands in its backlog
@@ -348,11 +383,15 @@ fn pump(shared: &Shared, id: u64, direction: Direction, mut from: TcpStream, mut
     let mut buf = vec![0u8; PUMP_BUFFER_BYTES];
     let orderly = loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => break true,
+            // A held link passes the end on no sooner than bytes.
+            Ok(0) => break shared.wait_released(),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break false,
         };
+        if !shared.wait_released() {
+            break false;
+        }
         shared.corrupt(direction, &mut buf[..n]);
         if to.write_all(&buf[..n]).is_err() {
             break false;
