@@ -494,10 +494,6 @@ fn passive_journals_are_byte_identical_after_load() {
 }
 
 #[test]
-#[ignore = "bug: flaky until Shard::epoch_durable is fixed (see \
-            sends_waiting_for_a_dead_passive_are_acknowledged_once_the_active_stands_alone): \
-            when the producer's window is full of sends waiting for the killed passive, none \
-            is ever acknowledged and the producer times out"]
 fn passive_killed_mid_stream_catches_up_and_nothing_acknowledged_is_missing() {
     let mut pair = Pair::replicated();
     start_pair(&mut pair, PRIMARY);
@@ -736,9 +732,6 @@ fn a_former_active_cuts_the_tail_it_never_replicated_when_it_rejoins() {
 /// send commits on the local flush, so the sends that were waiting are
 /// acknowledged then — with no further send needed to move things on.
 #[test]
-#[ignore = "bug: Shard::epoch_durable (src/shard/mod.rs) moves `committed` past sends \
-            still pending for the passive without Broker::on_durable, so they are never \
-            acknowledged (nor delivered) until another record reaches that shard"]
 fn sends_waiting_for_a_dead_passive_are_acknowledged_once_the_active_stands_alone() {
     let mut pair = Pair::replicated_with(ReplicatedOptions {
         proxied_link: true,
