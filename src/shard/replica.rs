@@ -36,6 +36,11 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Sender;
 
+/// Catch-up chunks (of at most one journal batch each) a leader keeps
+/// queued: enough to keep the socket and the passive's disk busy while the
+/// next one is read back, few enough to bound the memory (4 batches).
+const CATCHUP_CHUNKS_QUEUED_MAX: usize = 4;
+
 /// What the HA control thread asks of a shard (replicated mode).
 #[derive(Debug)]
 pub enum ShardControl {
@@ -145,6 +150,8 @@ pub struct Stream {
     generation: u64,
     socket: TcpStream,
     rbuf: Vec<u8>,
+    /// Received bytes are `rbuf[rstart..rlen]`.
+    rstart: usize,
     rlen: usize,
     recv_in_flight: bool,
     queue: VecDeque<Outgoing>,
@@ -169,6 +176,7 @@ impl Stream {
             generation,
             socket,
             rbuf: vec![0; rbuf_bytes],
+            rstart: 0,
             rlen: 0,
             recv_in_flight: false,
             queue: VecDeque::new(),
@@ -206,6 +214,14 @@ impl Stream {
             return Ok(());
         }
         let fd = types::Fd(self.socket.as_raw_fd());
+        if !self.recv_in_flight && self.rstart > 0 {
+            // Only now, with no receive in flight: the kernel writes where
+            // the receive was aimed, so moving bytes under it would mix
+            // old and new data.
+            self.rbuf.copy_within(self.rstart..self.rlen, 0);
+            self.rlen -= self.rstart;
+            self.rstart = 0;
+        }
         if !self.recv_in_flight && self.rlen < self.rbuf.len() {
             let free = &mut self.rbuf[self.rlen..];
             let entry = opcode::Recv::new(fd, free.as_mut_ptr(), free.len() as u32)
@@ -313,10 +329,15 @@ impl Stream {
         }
     }
 
+    /// Bytes received and not yet consumed.
+    fn received_bytes(&self) -> &[u8] {
+        &self.rbuf[self.rstart..self.rlen]
+    }
+
     /// Removes `n` consumed bytes from the front of the receive buffer.
     fn consume(&mut self, n: usize) {
-        self.rbuf.copy_within(n..self.rlen, 0);
-        self.rlen -= n;
+        self.rstart += n;
+        assert!(self.rstart <= self.rlen);
     }
 }
 
@@ -602,13 +623,13 @@ impl Replica {
             let durable = journal.durable_offset();
             self.stats.catchup_remaining_bytes = durable.get().saturating_sub(cursor.get());
             if cursor < durable {
-                if !leader.chunk_out() {
+                if leader.chunks_queued() < CATCHUP_CHUNKS_QUEUED_MAX {
                     match leader.read_chunk(journal, cursor, chunk_bytes, segment_bytes) {
                         Ok(next) => leader.phase = LeadPhase::CatchUp { cursor: next },
                         Err(error) => leader.stream.break_with(format!("catch-up read: {error}")),
                     }
                 }
-            } else if !leader.chunk_out() {
+            } else {
                 // Caught up with the durable log: the batch being flushed
                 // (if any) goes out from the journal's buffer, and every
                 // later one as it starts.
@@ -784,7 +805,7 @@ impl Replica {
         let leader = self.leader.as_mut().expect("leader");
         let mut after = After::Nothing;
         loop {
-            let frame = match wire::decode(&leader.stream.rbuf[..leader.stream.rlen], 0) {
+            let frame = match wire::decode(leader.stream.received_bytes(), 0) {
                 Ok(Some((frame, used))) => {
                     let frame = match frame {
                         Frame::Hello(history) => Ok(Frame::Hello(history)),
@@ -864,7 +885,7 @@ impl Replica {
         let follower = self.follower.as_mut().expect("follower");
         let mut after = After::Nothing;
         loop {
-            let buf = &follower.stream.rbuf[..follower.stream.rlen];
+            let buf = follower.stream.received_bytes();
             let (frame, used) = match wire::decode(buf, self.data_max) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
@@ -970,7 +991,7 @@ impl Replica {
         if self
             .follower
             .as_ref()
-            .is_some_and(|f| f.stream.rlen > 0 && f.stream.broken.is_none())
+            .is_some_and(|f| !f.stream.received_bytes().is_empty() && f.stream.broken.is_none())
         {
             self.follower_frames(journal, applied)
         } else {
@@ -1027,12 +1048,14 @@ impl Leader {
         Ok(cursor + whole as u64)
     }
 
-    /// Something the stream owns (a catch-up chunk, or the `Sync` before
-    /// the first) is still to be sent: read the next chunk after it.
-    fn chunk_out(&self) -> bool {
+    /// Catch-up chunks (and control frames) queued and not yet sent: the
+    /// next chunk is read while earlier ones are with the socket and the
+    /// passive's disk, up to [`CATCHUP_CHUNKS_QUEUED_MAX`].
+    fn chunks_queued(&self) -> usize {
         self.stream
             .queue
             .iter()
-            .any(|o| matches!(o, Outgoing::Owned { .. }))
+            .filter(|o| matches!(o, Outgoing::Owned { .. }))
+            .count()
     }
 }
