@@ -492,26 +492,35 @@ fn promote(force: bool, admin: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn bench_broker(config: bench::broker::Config, json: bool) -> Result<(), String> {
-    if !(config.seconds > 0.0 && config.seconds.is_finite()) {
-        return Err(format!(
-            "--seconds: {} is not a positive number",
-            config.seconds
-        ));
+/// `--seconds` of every bench: a positive, finite number.
+fn check_seconds(seconds: f64) -> Result<(), String> {
+    if seconds > 0.0 && seconds.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("--seconds: {seconds} is not a positive number"))
     }
+}
+
+fn bench_broker(config: bench::broker::Config, json: bool) -> Result<(), String> {
+    check_seconds(config.seconds)?;
     if config.producers == 0 || config.window == 0 {
         return Err("--producers and --window must be at least 1".into());
     }
     let report = bench::broker::run(&config).map_err(|e| e.to_string())?;
+    print_report(&report, json, bench::broker::render_table);
+    Ok(())
+}
+
+/// Prints a bench's report: one JSON object, or its table.
+fn print_report<R: serde::Serialize>(report: &R, json: bool, table: fn(&R) -> String) {
     if json {
         println!(
             "{}",
-            serde_json::to_string(&report).expect("serialize report")
+            serde_json::to_string(report).expect("serialize report")
         );
     } else {
-        print!("{}", bench::broker::render_table(&report));
+        print!("{}", table(report));
     }
-    Ok(())
 }
 
 fn bench_journal(dir: PathBuf, seconds: f64, durability: &str, json: bool) -> Result<(), String> {
@@ -523,9 +532,7 @@ fn bench_journal(dir: PathBuf, seconds: f64, durability: &str, json: bool) -> Re
                 .map_err(|e| format!("--durability: {e}"))?,
         ],
     };
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        return Err(format!("--seconds: {seconds} is not a positive number"));
-    }
+    check_seconds(seconds)?;
     let config = bench::journal::Config {
         dir,
         seconds,
