@@ -148,6 +148,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A replicated pair beside a single server and the disk and loopback
+    /// floors: throughput, window-1 latency, HA-link socket options,
+    /// catch-up rate, takeover time (hot and warm standby).
+    Replicated {
+        #[arg(long, default_value = "data/bench-replicated")]
+        dir: PathBuf,
+        /// Seconds per throughput, latency and floor measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Takeovers measured per standby mode.
+        #[arg(long, default_value_t = 20)]
+        runs_takeover: usize,
+        /// MiB sent to the active while the passive is down.
+        #[arg(long, default_value_t = 200)]
+        catchup_mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Journal durable bandwidth and latency vs. the disk's flush floor.
     Journal {
         /// Directory to measure in (on the disk the journal will use).
@@ -250,6 +268,24 @@ fn main() -> ExitCode {
                 body_bytes: size,
                 backlog,
                 shards,
+            },
+            json,
+        ),
+        Command::Bench {
+            what:
+                BenchCommand::Replicated {
+                    dir,
+                    seconds,
+                    runs_takeover,
+                    catchup_mib,
+                    json,
+                },
+        } => bench_replicated(
+            bench::replicated::Config {
+                dir,
+                seconds,
+                runs_takeover,
+                catchup_mib,
             },
             json,
         ),
@@ -521,6 +557,17 @@ fn print_report<R: serde::Serialize>(report: &R, json: bool, table: fn(&R) -> St
     } else {
         print!("{}", table(report));
     }
+}
+
+fn bench_replicated(config: bench::replicated::Config, json: bool) -> Result<(), String> {
+    twinmq::io::probe().map_err(|e| e.to_string())?;
+    check_seconds(config.seconds)?;
+    if config.runs_takeover == 0 || config.catchup_mib == 0 {
+        return Err("--runs-takeover and --catchup-mib must be at least 1".into());
+    }
+    let report = bench::replicated::run(&config).map_err(|e| e.to_string())?;
+    print_report(&report, json, bench::replicated::render_table);
+    Ok(())
 }
 
 fn bench_journal(dir: PathBuf, seconds: f64, durability: &str, json: bool) -> Result<(), String> {
