@@ -129,6 +129,7 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
         positive(&report, &["floors", floor]);
     }
     positive(&report, &["single_msgs_s"]);
+    positive(&report, &["single_window1_p50_us"]);
     let rtt = positive(&report, &["floors", "loopback_rtt_p50_us"]);
     let flush = positive(&report, &["floors", "disk_flush_p50_us"]);
     // Within float parsing: serde_json may read a number back one ulp off.

@@ -5,10 +5,11 @@
 //!   floors          disk: 4 KiB write + fdatasync p50; 1 MiB O_DIRECT + dsync MiB/s
 //!                   loopback: 64 B ping-pong p50; one TCP stream MiB/s
 //!   single server   4 producers x window 64, 1 KiB persistent: msgs/s (ack local)
+//!                   window 1: send-to-ack p50 ÷ flush p50 (what the pair adds to)
 //!   pair            the same load, ack replicated: msgs/s ÷ the single server's
 //!                   window 1: send-to-ack p50 ÷ (loopback RTT p50 + flush p50)
 //!                   both again for each [net.ha] variant (nodelay, buffers)
-//!   catch-up        passive SIGKILLed, N MiB of 16 KiB sent to the active,
+//!   catch-up        fresh pair, passive SIGKILLed, N MiB of 16 KiB sent to the active,
 //!                   passive restarted: bytes ÷ time to in sync ÷ min(disk, loopback)
 //!   takeover        hot and warm standby: SIGKILL of the active to the first
 //!                   send the other server acknowledges
@@ -185,6 +186,9 @@ pub struct Report {
     pub window: usize,
     pub floors: Floors,
     pub single_msgs_s: f64,
+    /// The single server's window-1 send-to-ack p50: what the pair's adds
+    /// to (its floor is the flush p50 alone).
+    pub single_window1_p50_us: f64,
     /// max(flush p50, loopback RTT p50 + flush p50).
     pub window1_floor_us: f64,
     /// The pair with each `[net.ha]` variant; the first is the pair as
@@ -232,22 +236,22 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
     };
 
     let shards = shipped_profiles()?[0].server.shards;
-    let single_msgs_s = {
+    let (single_msgs_s, single_window1) = {
         let single = dir.join("single");
         std::fs::create_dir_all(&single).map_err(io_error(&single))?;
         let server = start_server(&single, shards)?;
-        produce(&load(&server.url))?.rate()
+        let msgs_s = produce(&load(&server.url))?.rate();
+        (msgs_s, window1(&server.url, WINDOW1_QUEUE, &body, budget)?)
     };
 
     let mut link_variants = Vec::new();
-    let mut catchup = None;
     for (nodelay, buffer_bytes) in LINK_VARIANTS {
         let spec = PairSpec {
             standby: HaStandby::Hot,
             nodelay,
             buffer_bytes,
         };
-        let mut pair = Pair::start(dir, "link", spec)?;
+        let pair = Pair::start(dir, "link", spec)?;
         pair.wait_in_sync()?;
         let msgs_s = produce(&load(&pair.url()))?.rate();
         let latency = window1(&pair.url(), WINDOW1_QUEUE, &body, budget)?;
@@ -260,13 +264,9 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
             window1_p99_us: latency.quantile_us(0.99),
             window1_ratio: ratio(latency.quantile_us(0.5), window1_floor_us),
         });
-        // The shipped pair (the first) goes on to the catch-up now, so that
-        // only one pair runs at a time.
-        if catchup.is_none() {
-            catchup = Some(catch_up(&mut pair, config.catchup_mib, &floors)?);
-        }
     }
-    let catchup = catchup.expect("the shipped variant ran");
+
+    let catchup = catch_up(dir, config.catchup_mib, &floors)?;
 
     let takeover_hot = takeovers(dir, HaStandby::Hot, config.runs_takeover, &body)?;
     let takeover_warm = takeovers(dir, HaStandby::Warm, config.runs_takeover, &body)?;
@@ -277,6 +277,7 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
         window: WINDOW,
         floors,
         single_msgs_s,
+        single_window1_p50_us: single_window1.quantile_us(0.5),
         window1_floor_us,
         link_variants,
         catchup,
@@ -489,6 +490,13 @@ struct PairSpec {
 }
 
 impl PairSpec {
+    /// As `profiles/replicated/*.toml` ship.
+    const SHIPPED: PairSpec = PairSpec {
+        standby: HaStandby::Hot,
+        nodelay: true,
+        buffer_bytes: 0,
+    };
+
     /// Names the pair's directory, after what it is for.
     fn label(&self, purpose: &str) -> String {
         format!(
@@ -828,9 +836,12 @@ fn peer_durable(status: &Status) -> u64 {
     status.replication.iter().map(|r| r.peer_durable).sum()
 }
 
-/// Kills the passive, sends `mib` MiB to the active alone, restarts the
-/// passive and times it until every shard is in sync on the active.
-fn catch_up(pair: &mut Pair, mib: u64, floors: &Floors) -> Result<Catchup, BenchError> {
+/// On a fresh pair as shipped: kills the passive, sends `mib` MiB to the
+/// active alone, restarts the passive and times it until every shard is in
+/// sync on the active. Fresh, so the passive's own start (journal recovery)
+/// costs little beside the catch-up.
+fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError> {
+    let mut pair = Pair::start(dir, "catchup", PairSpec::SHIPPED)?;
     let active = pair.wait_in_sync()?;
     let passive = 1 - active;
     let durable_before = peer_durable(&pair.status(active).ok_or_else(|| {
@@ -918,8 +929,7 @@ fn takeovers(
         "takeover",
         PairSpec {
             standby,
-            nodelay: true,
-            buffer_bytes: 0,
+            ..PairSpec::SHIPPED
         },
     )?;
     let mut active = pair.wait_in_sync()?;
@@ -1136,6 +1146,13 @@ pub fn render_table(r: &Report) -> String {
         msgs(r.single_msgs_s),
         String::new(),
         String::new(),
+        String::new(),
+    ]);
+    rows.push([
+        "single server, window 1, send-to-ack p50".into(),
+        us(r.single_window1_p50_us),
+        format!("{} (flush)", us(f.disk_flush_p50_us)),
+        format!("{:.2}", ratio(r.single_window1_p50_us, f.disk_flush_p50_us)),
         String::new(),
     ]);
     let window1_floor = format!("{} (RTT + flush)", us(r.window1_floor_us));
