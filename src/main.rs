@@ -152,6 +152,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A replicated pair beside a single server and the disk and loopback
+    /// floors: throughput, window-1 latency, HA-link socket options,
+    /// catch-up rate, takeover time (hot and warm standby).
+    Replicated {
+        #[arg(long, default_value = "data/bench-replicated")]
+        dir: PathBuf,
+        /// Seconds per throughput, latency and floor measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Takeovers measured per standby mode.
+        #[arg(long, default_value_t = 20)]
+        runs_takeover: usize,
+        /// MiB sent to the active while the passive is down.
+        #[arg(long, default_value_t = 200)]
+        catchup_mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Journal durable bandwidth and latency vs. the disk's flush floor.
     Journal {
         /// Directory to measure in (on the disk the journal will use).
@@ -260,6 +278,24 @@ fn main() -> ExitCode {
                 body_bytes: size,
                 backlog,
                 shards,
+            },
+            json,
+        ),
+        Command::Bench {
+            what:
+                BenchCommand::Replicated {
+                    dir,
+                    seconds,
+                    runs_takeover,
+                    catchup_mib,
+                    json,
+                },
+        } => bench_replicated(
+            bench::replicated::Config {
+                dir,
+                seconds,
+                runs_takeover,
+                catchup_mib,
             },
             json,
         ),
@@ -526,25 +562,45 @@ fn promote(force: bool, admin: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn bench_broker(config: bench::broker::Config, json: bool) -> Result<(), String> {
-    if !(config.seconds > 0.0 && config.seconds.is_finite()) {
-        return Err(format!(
-            "--seconds: {} is not a positive number",
-            config.seconds
-        ));
+/// `--seconds` of every bench: a positive, finite number.
+fn check_seconds(seconds: f64) -> Result<(), String> {
+    if seconds > 0.0 && seconds.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("--seconds: {seconds} is not a positive number"))
     }
+}
+
+fn bench_broker(config: bench::broker::Config, json: bool) -> Result<(), String> {
+    check_seconds(config.seconds)?;
     if config.producers == 0 || config.window == 0 {
         return Err("--producers and --window must be at least 1".into());
     }
     let report = bench::broker::run(&config).map_err(|e| e.to_string())?;
+    print_report(&report, json, bench::broker::render_table);
+    Ok(())
+}
+
+/// Prints a bench's report: one JSON object, or its table.
+fn print_report<R: serde::Serialize>(report: &R, json: bool, table: fn(&R) -> String) {
     if json {
         println!(
             "{}",
-            serde_json::to_string(&report).expect("serialize report")
+            serde_json::to_string(report).expect("serialize report")
         );
     } else {
-        print!("{}", bench::broker::render_table(&report));
+        print!("{}", table(report));
     }
+}
+
+fn bench_replicated(config: bench::replicated::Config, json: bool) -> Result<(), String> {
+    twinmq::io::probe().map_err(|e| e.to_string())?;
+    check_seconds(config.seconds)?;
+    if config.runs_takeover == 0 || config.catchup_mib == 0 {
+        return Err("--runs-takeover and --catchup-mib must be at least 1".into());
+    }
+    let report = bench::replicated::run(&config).map_err(|e| e.to_string())?;
+    print_report(&report, json, bench::replicated::render_table);
     Ok(())
 }
 
@@ -557,9 +613,7 @@ fn bench_journal(dir: PathBuf, seconds: f64, durability: &str, json: bool) -> Re
                 .map_err(|e| format!("--durability: {e}"))?,
         ],
     };
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        return Err(format!("--seconds: {seconds} is not a positive number"));
-    }
+    check_seconds(seconds)?;
     let config = bench::journal::Config {
         dir,
         seconds,

@@ -1,33 +1,37 @@
-//! The `twinmq` binary: the journal benchmark's report is well formed,
-//! `journal check` reports what a journal holds, and `promote` refuses what
-//! it must. Correctness only; the numbers themselves are not asserted.
+//! The `twinmq` binary: the journal and replicated benchmarks' reports are
+//! well formed, `journal check` reports what a journal holds, and `promote`
+//! refuses what it must. Correctness only; the numbers themselves are not
+//! asserted.
 
 #[path = "support/server.rs"]
 mod server;
 
-use std::process::Command;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn twinmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_twinmq"))
 }
 
+/// Runs `twinmq bench ARGS --json --dir DIR` (ARGS split at spaces).
+fn bench_json(args: &str, dir: &Path) -> Output {
+    twinmq()
+        .arg("bench")
+        .args(args.split_whitespace())
+        .args(["--json", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bench_journal_json_reports_every_case_beside_its_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let output = twinmq()
-        .args([
-            "bench",
-            "journal",
-            "--seconds",
-            "0.05",
-            "--durability",
-            "direct-dsync",
-            "--json",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let output = bench_json(
+        "journal --seconds 0.05 --durability direct-dsync",
+        dir.path(),
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -83,6 +87,119 @@ fn bad_bench_arguments_are_refused_with_the_reason() {
         stderr.contains("--durability") && stderr.contains("direct-dsync"),
         "{stderr}"
     );
+}
+
+/// `report[path…]` as a positive number, or a failure naming the path.
+fn positive(report: &Value, path: &[&str]) -> f64 {
+    let value = path
+        .iter()
+        .fold(report, |v, key| &v[key])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {report}"));
+    assert!(value > 0.0, "{path:?} = {value}");
+    value
+}
+
+#[test]
+fn bench_replicated_json_reports_every_figure_beside_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bench_json(
+        "replicated --seconds 0.3 --runs-takeover 1 --catchup-mib 4",
+        dir.path(),
+    );
+    if !output.status.success() {
+        // The bench keeps its directory on failure: keep it from the
+        // temporary directory's clean-up too, for the servers' logs.
+        panic!(
+            "{}\n(directory kept: {})",
+            String::from_utf8_lossy(&output.stderr),
+            dir.keep().display()
+        );
+    }
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON object");
+
+    for floor in [
+        "disk_flush_p50_us",
+        "disk_write_mib_s",
+        "loopback_rtt_p50_us",
+        "loopback_mib_s",
+    ] {
+        positive(&report, &["floors", floor]);
+    }
+    positive(&report, &["single_msgs_s"]);
+    positive(&report, &["single_window1_p50_us"]);
+    let rtt = positive(&report, &["floors", "loopback_rtt_p50_us"]);
+    let flush = positive(&report, &["floors", "disk_flush_p50_us"]);
+    // Within float parsing: serde_json may read a number back one ulp off.
+    let window1_floor = positive(&report, &["window1_floor_us"]);
+    assert!(
+        (window1_floor - (rtt + flush)).abs() < 1e-6,
+        "{window1_floor}"
+    );
+
+    // Every [net.ha] variant, the shipped one first.
+    let variants = report["link_variants"].as_array().expect("link_variants");
+    let links: Vec<(bool, u64)> = variants
+        .iter()
+        .map(|v| {
+            (
+                v["nodelay"].as_bool().unwrap(),
+                v["buffer_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        links,
+        [(true, 0), (false, 0), (true, 65536), (false, 65536)]
+    );
+    for variant in variants {
+        for figure in [
+            "msgs_s",
+            "msgs_ratio",
+            "window1_p50_us",
+            "window1_p99_us",
+            "window1_ratio",
+        ] {
+            positive(variant, &[figure]);
+        }
+    }
+
+    // The passive missed at least what was sent while it was down.
+    let caught_up = positive(&report, &["catchup", "bytes"]);
+    assert!(caught_up >= positive(&report, &["catchup", "sent_body_bytes"]));
+    for figure in ["total_s", "total_mib_s", "total_ratio", "floor_mib_s"] {
+        positive(&report, &["catchup", figure]);
+    }
+
+    for (series, standby) in [("takeover_hot", "hot"), ("takeover_warm", "warm")] {
+        let takeover = &report[series];
+        assert_eq!(takeover["standby"], standby);
+        assert_eq!(takeover["runs"], 1);
+        assert_eq!(takeover["samples_ms"].as_array().map(Vec::len), Some(1));
+        let p50 = positive(takeover, &["p50_ms"]);
+        assert_eq!(positive(takeover, &["max_ms"]), p50);
+        positive(takeover, &["failover_bound_ms"]);
+    }
+    assert!(report["server_logs"]["lines"].is_array());
+
+    // The bench cleans up after itself: no server still runs from a profile
+    // under the directory, and journals, profiles and logs are gone.
+    assert_eq!(processes_naming(dir.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// Command lines of running processes that mention `dir`.
+fn processes_naming(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(dir.as_ref()))
+        .collect()
 }
 
 #[test]

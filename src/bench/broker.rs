@@ -61,9 +61,9 @@ pub struct Report {
 }
 
 /// A server process run for the bench, stopped on drop.
-struct BenchServer {
+pub(crate) struct BenchServer {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     admin: SocketAddr,
 }
 
@@ -93,7 +93,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
     }
 }
 
-fn start_server(dir: &Path, shards: u32) -> Result<BenchServer, BenchError> {
+pub(crate) fn start_server(dir: &Path, shards: u32) -> Result<BenchServer, BenchError> {
     let client = free_addr().map_err(io_error(dir))?;
     let admin = free_addr().map_err(io_error(dir))?;
     let data = dir.join("data");
@@ -132,7 +132,7 @@ fn start_server(dir: &Path, shards: u32) -> Result<BenchServer, BenchError> {
     Ok(server)
 }
 
-fn client_error(error: crate::client::ClientError) -> BenchError {
+pub(crate) fn client_error(error: crate::client::ClientError) -> BenchError {
     BenchError::Io {
         path: PathBuf::from("client"),
         source: std::io::Error::other(error.to_string()),
@@ -154,21 +154,7 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
     let server = start_server(&config.dir, config.shards)?;
     let body = Bytes::from(vec![0x42u8; config.body_bytes]);
 
-    // Window 1: one send at a time.
-    let client = Client::connect(&server.url, ClientOptions::default()).map_err(client_error)?;
-    let mut producer = client.producer(ProducerOptions {
-        window: 1,
-        ..ProducerOptions::default()
-    });
-    let mut window1 = Latency::default();
-    let start = Instant::now();
-    while start.elapsed() < budget {
-        let t = Instant::now();
-        producer
-            .send_and_wait("/queue/bench-latency", body.clone())
-            .map_err(client_error)?;
-        window1.record(t.elapsed());
-    }
+    let window1 = window1(&server.url, "/queue/bench-latency", &body, budget)?;
 
     // Throughput: producers on their own connections and queues.
     let threads: Vec<_> = (0..config.producers)
@@ -250,6 +236,31 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
         drain_msgs_s: drain_rate,
         drain_rss_mib: drain_rss,
     })
+}
+
+/// Window 1: one producer, one persistent send at a time to `queue`, for
+/// `budget`; send-to-acknowledgement latency.
+pub(crate) fn window1(
+    url: &str,
+    queue: &str,
+    body: &Bytes,
+    budget: Duration,
+) -> Result<Latency, BenchError> {
+    let client = Client::connect(url, ClientOptions::default()).map_err(client_error)?;
+    let mut producer = client.producer(ProducerOptions {
+        window: 1,
+        ..ProducerOptions::default()
+    });
+    let mut window1 = Latency::default();
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        producer
+            .send_and_wait(queue, body.clone())
+            .map_err(client_error)?;
+        window1.record(t.elapsed());
+    }
+    Ok(window1)
 }
 
 /// Queues `config.backlog` messages on one queue, measures the server's

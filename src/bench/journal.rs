@@ -30,7 +30,7 @@ pub const BATCH_SIZES: [usize; 3] = [4 * 1024, 64 * 1024, 1024 * 1024];
 /// Size of one benchmark record, header included.
 const RECORD_BYTES: usize = 1024;
 /// Size of the preallocated floor file; writes wrap around inside it.
-const FLOOR_FILE_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const FLOOR_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Journal segment size for the bench (large batches need room).
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -102,7 +102,7 @@ pub enum BenchError {
     Ring(#[from] crate::io::RingError),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
     move |source| BenchError::Io {
         path: path.to_path_buf(),
         source,
@@ -190,7 +190,7 @@ pub fn flush_floor(dir: &Path, budget: Duration) -> Result<Latency, BenchError> 
     latency
 }
 
-fn make_zeroed(path: &Path, bytes: u64) -> Result<(), BenchError> {
+pub(crate) fn make_zeroed(path: &Path, bytes: u64) -> Result<(), BenchError> {
     let file = File::create(path).map_err(io_error(path))?;
     io::write_zeros(&file, 0, bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))?;
@@ -222,7 +222,7 @@ fn flush_4k(path: &Path, budget: Duration, max_writes: u64) -> Result<Latency, B
 
 /// Sequential `O_DIRECT` + `RWF_DSYNC` writes of `batch_bytes`: MiB/s and
 /// per-write latency.
-fn direct_dsync_floor(
+pub(crate) fn direct_dsync_floor(
     path: &Path,
     batch_bytes: usize,
     budget: Duration,

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod journal;
+pub mod replicated;
 
 use hdrhistogram::Histogram;
 use std::time::Duration;

@@ -10,8 +10,9 @@ use std::process::{Child, Command, Stdio};
 
 /// The shipped replicated-mode profiles (their paths are rewritten to
 /// `--dir`): one data directory per server, one lock file between them.
-const REPLICATED_PRIMARY: &str = include_str!("../../profiles/replicated/primary.toml");
-const REPLICATED_SECONDARY: &str = include_str!("../../profiles/replicated/secondary.toml");
+pub(crate) const REPLICATED_PRIMARY: &str = include_str!("../../profiles/replicated/primary.toml");
+pub(crate) const REPLICATED_SECONDARY: &str =
+    include_str!("../../profiles/replicated/secondary.toml");
 /// The shipped shared-mode profiles (their paths are rewritten to `--dir`).
 const SHARED_PRIMARY: &str = include_str!("../../profiles/shared/primary.toml");
 const SHARED_SECONDARY: &str = include_str!("../../profiles/shared/secondary.toml");
@@ -21,7 +22,7 @@ pub const MODE_DEFAULT: &str = "replicated";
 /// The gateway address the shipped profiles name.
 const GATEWAY_LISTEN: &str = "127.0.0.1:2100";
 /// The directory the shipped profiles name, replaced by `--dir`.
-const SHIPPED_DIR: &str = "./data/pair";
+pub(crate) const SHIPPED_DIR: &str = "./data/pair";
 
 /// Log lines worth showing on the console.
 fn interesting(line: &str) -> bool {
@@ -38,7 +39,7 @@ fn interesting(line: &str) -> bool {
     .any(|needle| line.contains(needle))
 }
 
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

@@ -1,0 +1,1252 @@
+//! `twinmq bench replicated`: what replication costs, each figure beside the
+//! floor it is held to, all measured in one run on one machine.
+//!
+//! ```text
+//!   floors          disk: 4 KiB write + fdatasync p50; 1 MiB O_DIRECT + dsync MiB/s
+//!                   loopback: 64 B ping-pong p50; one TCP stream MiB/s
+//!   single server   4 producers x window 64, 1 KiB persistent: msgs/s (ack local)
+//!                   window 1: send-to-ack p50 ÷ flush p50 (what the pair adds to)
+//!   pair            the same load, ack replicated: msgs/s ÷ the single server's
+//!                   window 1: send-to-ack p50 ÷ (loopback RTT p50 + flush p50)
+//!                   both again for each [net.ha] variant (nodelay, buffers)
+//!   catch-up        fresh pair, passive SIGKILLed, N MiB of 16 KiB sent to the active,
+//!                   passive restarted: bytes ÷ time to in sync ÷ min(disk, loopback)
+//!   takeover        hot and warm standby: SIGKILL of the active to the first
+//!                   send the other server acknowledges
+//! ```
+//!
+//! The pair runs from the shipped `profiles/replicated/*.toml`, rewritten to
+//! free ports and a directory of the run (as `twinmq up` rewrites them), with
+//! its own gateway responder. Every process the bench starts is killed when
+//! the value owning it drops, on an error or a panic too; the run's directory
+//! goes at the end unless the run failed, so its logs can be read.
+//!
+//! Producers choose no ack mode (the client sends `Default`): the single
+//! server acknowledges after its own flush, and the pair after both flushes,
+//! because the shipped profiles say `ack_mode = "replicated"` — checked when
+//! they are rewritten.
+
+use super::broker::{client_error, start_server, window1};
+use super::journal::{
+    BenchError, FLOOR_FILE_BYTES, direct_dsync_floor, flush_floor, io_error, make_zeroed,
+};
+use super::{Latency, ratio};
+use crate::admin::Status;
+use crate::client::{Client, ClientOptions, ProducerOptions};
+use crate::config::{HaAckMode, HaMode, HaStandby, Profile};
+use crate::pair::{REPLICATED_PRIMARY, REPLICATED_SECONDARY, SHIPPED_DIR, strip_ansi};
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Producers of the throughput load, each on its own connection and queue.
+const PRODUCERS: usize = 4;
+/// Sends each producer keeps in flight.
+const WINDOW: usize = 64;
+/// Body of the throughput, window-1 and takeover messages.
+const BODY_BYTES: usize = 1024;
+/// Body of the catch-up messages: large, so the figure is about bytes.
+const CATCHUP_BODY_BYTES: usize = 16 * 1024;
+/// Messages queued before the takeovers, so a warm standby has state to
+/// rebuild.
+const TAKEOVER_BACKLOG: u64 = 5_000;
+/// Size of one write of the disk bandwidth floor.
+const DISK_WRITE_BYTES: usize = 1024 * 1024;
+/// Size of one ping of the loopback round-trip floor.
+const PING_BYTES: usize = 64;
+/// Size of one write of the loopback bandwidth floor.
+const STREAM_WRITE_BYTES: usize = 1024 * 1024;
+/// `[net.ha]` variants as (`nodelay`, send and receive buffer bytes): the
+/// shipped setting first, then Nagle on, then small buffers against the
+/// kernel's autotuning (0).
+const LINK_VARIANTS: [(bool, u32); 4] =
+    [(true, 0), (false, 0), (true, 64 * 1024), (false, 64 * 1024)];
+/// Acknowledged sends before a takeover's SIGKILL: the producer is then in
+/// its steady loop, not connecting.
+const STEADY_ACKS: usize = 20;
+/// How long processes have to start, a pair to synchronise, a takeover to
+/// happen.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a catch-up may take.
+const CATCHUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often status is polled. The admin endpoint itself looks for new
+/// connections every 50 ms when idle, which bounds the resolution.
+const POLL: Duration = Duration::from_millis(10);
+/// Pause between reconnection attempts during a takeover.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(2);
+/// Where the search for free ports starts: above the well-known and
+/// commonly configured ports, below the test support's block (20000 up).
+const PORTS_FIRST: u16 = 10_000;
+/// Distinct WARN / ERROR lines of the servers' logs shown in the report.
+const LOG_FINDINGS_MAX: usize = 12;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Queue names; a producer's index is appended to the load's.
+const LOAD_QUEUE: &str = "/queue/bench-load";
+const WINDOW1_QUEUE: &str = "/queue/bench-window1";
+const CATCHUP_QUEUE: &str = "/queue/bench-catchup";
+const BACKLOG_QUEUE: &str = "/queue/bench-backlog";
+const TAKEOVER_QUEUE: &str = "/queue/bench-takeover";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    /// Length of each throughput, latency and floor measurement.
+    pub seconds: f64,
+    /// Takeovers measured per standby mode.
+    pub runs_takeover: usize,
+    /// MiB sent to the active while the passive is down.
+    pub catchup_mib: u64,
+}
+
+/// The physical floors, measured first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floors {
+    pub disk_flush_p50_us: f64,
+    pub disk_write_mib_s: f64,
+    pub loopback_rtt_p50_us: f64,
+    pub loopback_mib_s: f64,
+}
+
+/// The pair's throughput and window-1 latency with one `[net.ha]` setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkVariant {
+    pub nodelay: bool,
+    /// `send_buffer_bytes` and `recv_buffer_bytes`; 0 = kernel autotuning.
+    pub buffer_bytes: u32,
+    pub msgs_s: f64,
+    /// `msgs_s` ÷ the single server's.
+    pub msgs_ratio: f64,
+    pub window1_p50_us: f64,
+    pub window1_p99_us: f64,
+    /// `window1_p50_us` ÷ the window-1 floor.
+    pub window1_ratio: f64,
+}
+
+/// The passive's catch-up after missing `bytes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Catchup {
+    /// Journal bytes the passive acknowledged in the catch-up.
+    pub bytes: u64,
+    /// Message bodies sent while it was down.
+    pub sent_body_bytes: u64,
+    /// From spawning the passive to every shard in sync on the active
+    /// (process start and journal recovery included).
+    pub total_s: f64,
+    pub total_mib_s: f64,
+    pub total_ratio: f64,
+    /// From every shard's stream up to every shard in sync, when the polls
+    /// saw the streams up before they saw them in sync.
+    pub streaming_s: Option<f64>,
+    pub streaming_mib_s: Option<f64>,
+    pub streaming_ratio: Option<f64>,
+    /// min(disk write, loopback) MiB/s.
+    pub floor_mib_s: f64,
+}
+
+/// SIGKILL of the active to the first send acknowledged by the other server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Takeover {
+    pub standby: String,
+    pub runs: usize,
+    pub p50_ms: f64,
+    pub max_ms: f64,
+    pub samples_ms: Vec<f64>,
+    /// The profile's worst-case failover: heartbeat timeout + passive lock
+    /// interval + one ping (recovery comes on top).
+    pub failover_bound_ms: f64,
+}
+
+/// WARN and ERROR lines of the servers' and gateways' logs, by shape.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogFindings {
+    pub errors: usize,
+    pub warnings: usize,
+    /// `count × line (first in LOG)`, digits folded to `#`, most frequent
+    /// first (errors before warnings), at most [`LOG_FINDINGS_MAX`].
+    pub lines: Vec<String>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seconds: f64,
+    pub body_bytes: usize,
+    pub producers: usize,
+    pub window: usize,
+    pub floors: Floors,
+    pub single_msgs_s: f64,
+    /// The single server's window-1 send-to-ack p50: what the pair's adds
+    /// to (its floor is the flush p50 alone).
+    pub single_window1_p50_us: f64,
+    /// max(flush p50, loopback RTT p50 + flush p50).
+    pub window1_floor_us: f64,
+    /// The pair with each `[net.ha]` variant; the first is the pair as
+    /// shipped (`nodelay = true`, kernel buffers), the headline figures.
+    pub link_variants: Vec<LinkVariant>,
+    pub catchup: Catchup,
+    pub takeover_hot: Takeover,
+    pub takeover_warm: Takeover,
+    pub server_logs: LogFindings,
+}
+
+fn failure(path: &Path, what: String) -> BenchError {
+    BenchError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(what),
+    }
+}
+
+/// Runs the whole suite.
+pub fn run(config: &Config) -> Result<Report, BenchError> {
+    let mut run_dir = RunDir::create(&config.dir)?;
+    let result = measure(&run_dir.path, config);
+    if result.is_err() {
+        // A failed run keeps its directory: the servers' logs say why.
+        run_dir.keep = true;
+        tracing::warn!(dir = %run_dir.path.display(), "bench failed; its directory and logs are kept");
+    }
+    result
+}
+
+fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
+    let budget = Duration::from_secs_f64(config.seconds);
+    let floors = measure_floors(dir, budget)?;
+    let window1_floor_us = floors
+        .disk_flush_p50_us
+        .max(floors.loopback_rtt_p50_us + floors.disk_flush_p50_us);
+    let body = Bytes::from(vec![0x42u8; BODY_BYTES]);
+    let load = |url: &str| Load {
+        url: url.to_owned(),
+        producers: PRODUCERS,
+        window: WINDOW,
+        body: body.clone(),
+        until: Until::Elapsed(budget),
+        queue: LOAD_QUEUE,
+    };
+
+    let shards = shipped_profiles()?[0].server.shards;
+    let (single_msgs_s, single_window1) = {
+        let single = dir.join("single");
+        std::fs::create_dir_all(&single).map_err(io_error(&single))?;
+        let server = start_server(&single, shards)?;
+        let msgs_s = produce(&load(&server.url))?.rate();
+        (msgs_s, window1(&server.url, WINDOW1_QUEUE, &body, budget)?)
+    };
+
+    let mut link_variants = Vec::new();
+    for (nodelay, buffer_bytes) in LINK_VARIANTS {
+        let spec = PairSpec {
+            standby: HaStandby::Hot,
+            nodelay,
+            buffer_bytes,
+        };
+        let pair = Pair::start(dir, "link", spec)?;
+        pair.wait_in_sync()?;
+        let msgs_s = produce(&load(&pair.url()))?.rate();
+        let latency = window1(&pair.url(), WINDOW1_QUEUE, &body, budget)?;
+        link_variants.push(LinkVariant {
+            nodelay,
+            buffer_bytes,
+            msgs_s,
+            msgs_ratio: ratio(msgs_s, single_msgs_s),
+            window1_p50_us: latency.quantile_us(0.5),
+            window1_p99_us: latency.quantile_us(0.99),
+            window1_ratio: ratio(latency.quantile_us(0.5), window1_floor_us),
+        });
+    }
+
+    let catchup = catch_up(dir, config.catchup_mib, &floors)?;
+
+    let takeover_hot = takeovers(dir, HaStandby::Hot, config.runs_takeover, &body)?;
+    let takeover_warm = takeovers(dir, HaStandby::Warm, config.runs_takeover, &body)?;
+    Ok(Report {
+        seconds: config.seconds,
+        body_bytes: BODY_BYTES,
+        producers: PRODUCERS,
+        window: WINDOW,
+        floors,
+        single_msgs_s,
+        single_window1_p50_us: single_window1.quantile_us(0.5),
+        window1_floor_us,
+        link_variants,
+        catchup,
+        takeover_hot,
+        takeover_warm,
+        server_logs: log_findings(dir),
+    })
+}
+
+/// The run's own directory under `--dir`, removed on drop unless `keep`.
+struct RunDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl RunDir {
+    fn create(parent: &Path) -> Result<RunDir, BenchError> {
+        let path = parent.join(format!("replicated-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(io_error(&path))?;
+        // Absolute, because the profiles written into it are read by
+        // processes that resolve relative paths themselves.
+        let path = std::fs::canonicalize(&path).map_err(io_error(&path))?;
+        Ok(RunDir { path, keep: false })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !self.keep && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn measure_floors(dir: &Path, budget: Duration) -> Result<Floors, BenchError> {
+    let flush = flush_floor(dir, budget)?;
+    let path = dir.join("write-floor");
+    make_zeroed(&path, FLOOR_FILE_BYTES)?;
+    let (disk_write_mib_s, _) = direct_dsync_floor(&path, DISK_WRITE_BYTES, budget)?;
+    let _ = std::fs::remove_file(&path);
+    let loopback = Path::new("loopback");
+    Ok(Floors {
+        disk_flush_p50_us: flush.quantile_us(0.5),
+        disk_write_mib_s,
+        loopback_rtt_p50_us: loopback_round_trip(budget)
+            .map_err(io_error(loopback))?
+            .quantile_us(0.5),
+        loopback_mib_s: loopback_stream(budget).map_err(io_error(loopback))?,
+    })
+}
+
+/// 64-byte ping-pong over one loopback connection with `TCP_NODELAY`.
+fn loopback_round_trip(budget: Duration) -> std::io::Result<Latency> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut ping = [0u8; PING_BYTES];
+        loop {
+            match stream.read_exact(&mut ping) {
+                Ok(()) => stream.write_all(&ping)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut ping = [0x50u8; PING_BYTES];
+    let mut latency = Latency::default();
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let sent = Instant::now();
+        stream.write_all(&ping)?;
+        stream.read_exact(&mut ping)?;
+        latency.record(sent.elapsed());
+    }
+    drop(stream);
+    echo.join().expect("echo thread")?;
+    Ok(latency)
+}
+
+/// One loopback TCP stream written in large writes: MiB/s received.
+fn loopback_stream(budget: Duration) -> std::io::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sink = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut stream, _) = listener.accept()?;
+        let mut buf = vec![0u8; STREAM_WRITE_BYTES];
+        let mut received = 0u64;
+        loop {
+            match stream.read(&mut buf)? {
+                0 => return Ok(received),
+                n => received += n as u64,
+            }
+        }
+    });
+    let mut stream = TcpStream::connect(addr)?;
+    let chunk = vec![0x5Au8; STREAM_WRITE_BYTES];
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        stream.write_all(&chunk)?;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let received = sink.join().expect("sink thread")?;
+    Ok(received as f64 / MIB / start.elapsed().as_secs_f64())
+}
+
+/// When a load stops.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// Each producer sends for this long.
+    Elapsed(Duration),
+    /// Each producer sends this many messages.
+    Messages(u64),
+}
+
+/// Producers on their own connections and queues (`{queue}-{index}`), each
+/// keeping `window` persistent sends in flight.
+struct Load {
+    url: String,
+    producers: usize,
+    window: usize,
+    body: Bytes,
+    until: Until,
+    queue: &'static str,
+}
+
+/// What a load got acknowledged, and in how long (its slowest producer's
+/// time from connected to last acknowledgement).
+struct Produced {
+    messages: u64,
+    elapsed: Duration,
+}
+
+impl Produced {
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn produce(load: &Load) -> Result<Produced, BenchError> {
+    let producers: Vec<JoinHandle<Result<Produced, BenchError>>> = (0..load.producers)
+        .map(|i| {
+            let (url, body, until) = (load.url.clone(), load.body.clone(), load.until);
+            let queue = format!("{}-{i}", load.queue);
+            let options = ProducerOptions {
+                window: load.window,
+                ..ProducerOptions::default()
+            };
+            std::thread::spawn(move || {
+                let client =
+                    Client::connect(&url, ClientOptions::default()).map_err(client_error)?;
+                let mut producer = client.producer(options);
+                let start = Instant::now();
+                let mut messages = 0;
+                while match until {
+                    Until::Elapsed(budget) => start.elapsed() < budget,
+                    Until::Messages(count) => messages < count,
+                } {
+                    producer
+                        .send(&queue, Vec::new(), body.clone())
+                        .map_err(client_error)?;
+                    messages += 1;
+                }
+                // Every send is counted once acknowledged: flush fails otherwise.
+                producer.flush().map_err(client_error)?;
+                Ok(Produced {
+                    messages,
+                    elapsed: start.elapsed(),
+                })
+            })
+        })
+        .collect();
+    let mut total = Produced {
+        messages: 0,
+        elapsed: Duration::ZERO,
+    };
+    for producer in producers {
+        let done = producer.join().expect("producer thread")?;
+        total.messages += done.messages;
+        total.elapsed = total.elapsed.max(done.elapsed);
+    }
+    Ok(total)
+}
+
+/// The shipped replicated profiles, primary then secondary.
+fn shipped_profiles() -> Result<[Profile; 2], BenchError> {
+    let parse = |text: &str, origin: &str| {
+        Profile::parse_with_warnings(text, origin)
+            .map(|(profile, _)| profile)
+            .map_err(|e| failure(Path::new(origin), e.to_string()))
+    };
+    Ok([
+        parse(REPLICATED_PRIMARY, "profiles/replicated/primary.toml")?,
+        parse(REPLICATED_SECONDARY, "profiles/replicated/secondary.toml")?,
+    ])
+}
+
+/// What a pair varies from the shipped profiles.
+#[derive(Debug, Clone, Copy)]
+struct PairSpec {
+    standby: HaStandby,
+    /// `[net.ha]` `nodelay`.
+    nodelay: bool,
+    /// `[net.ha]` `send_buffer_bytes` and `recv_buffer_bytes`.
+    buffer_bytes: u32,
+}
+
+impl PairSpec {
+    /// As `profiles/replicated/*.toml` ship.
+    const SHIPPED: PairSpec = PairSpec {
+        standby: HaStandby::Hot,
+        nodelay: true,
+        buffer_bytes: 0,
+    };
+
+    /// Names the pair's directory, after what it is for.
+    fn label(&self, purpose: &str) -> String {
+        format!(
+            "{purpose}-{}-nodelay-{}-buffers-{}",
+            self.standby, self.nodelay, self.buffer_bytes
+        )
+    }
+}
+
+/// A process the bench started: SIGKILLed and reaped when dropped.
+#[derive(Debug)]
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    fn spawn(args: &[&str], log: &Path) -> Result<Process, BenchError> {
+        let exe = std::env::current_exe().map_err(io_error(log))?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io_error(log))?;
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(io_error(log))?;
+        Ok(Process { child })
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One server of the pair.
+#[derive(Debug)]
+struct Node {
+    profile: PathBuf,
+    log: PathBuf,
+    data_dir: PathBuf,
+    client: SocketAddr,
+    admin: SocketAddr,
+    process: Option<Process>,
+}
+
+/// A replicated pair and its gateway on free ports, in
+/// `pair-<purpose>-<spec>` under the run's directory. Dropping it kills the servers, then the gateway, and
+/// removes the journals (the logs stay for the findings).
+struct Pair {
+    dir: PathBuf,
+    nodes: [Node; 2],
+    gateway: Option<Process>,
+    failover_bound: Duration,
+}
+
+impl Pair {
+    /// Writes the profiles, starts the gateway and both servers.
+    fn start(run_dir: &Path, purpose: &str, spec: PairSpec) -> Result<Pair, BenchError> {
+        let dir = run_dir.join(format!("pair-{}", spec.label(purpose)));
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let lock_file = dir.join("ha.lock");
+        std::fs::File::create(&lock_file).map_err(io_error(&lock_file))?;
+        let shipped = shipped_profiles()?;
+        let [c0, c1, a0, a1, l0, l1, gateway] = free_addrs().map_err(io_error(&dir))?;
+        let (clients, admins, links) = ([c0, c1], [a0, a1], [l0, l1]);
+        // Every address either shipped profile names, with its replacement.
+        let mut rewrites = vec![(shipped[0].ha.as_ref().map(|ha| ha.gateway), gateway)];
+        for (i, profile) in shipped.iter().enumerate() {
+            rewrites.push((Some(profile.server.client_listen), clients[i]));
+            rewrites.push((Some(profile.server.admin_listen), admins[i]));
+            rewrites.push((profile.ha.as_ref().map(|ha| ha.listen), links[i]));
+        }
+        let shown = dir.display().to_string();
+        let mut nodes = Vec::new();
+        for (i, (name, text)) in [
+            ("primary", REPLICATED_PRIMARY),
+            ("secondary", REPLICATED_SECONDARY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut text = text.replace(SHIPPED_DIR, &shown).replace(
+                "standby = \"hot\"",
+                &format!("standby = \"{}\"", spec.standby),
+            );
+            for (from, to) in &rewrites {
+                if let Some(from) = from {
+                    text = text.replace(&format!("\"{from}\""), &format!("\"{to}\""));
+                }
+            }
+            text += &format!(
+                "\n[net.ha]\nnodelay = {}\nsend_buffer_bytes = {b}\nrecv_buffer_bytes = {b}\n",
+                spec.nodelay,
+                b = spec.buffer_bytes
+            );
+            let profile = dir.join(format!("{name}.toml"));
+            let parsed = Profile::parse_with_warnings(&text, &profile.display().to_string())
+                .map_err(|e| failure(&profile, e.to_string()))?
+                .0;
+            let data_dir = dir.join(name);
+            // The rewrite is text replacement on the shipped files: check it
+            // took everywhere, so the bench never runs a pair it did not mean
+            // to (a port of `twinmq up`'s pair, the shipped standby).
+            let ha = parsed.ha.as_ref();
+            let as_meant = parsed.server.client_listen == clients[i]
+                && parsed.server.admin_listen == admins[i]
+                && parsed.server.data_dir == data_dir
+                && ha.is_some_and(|ha| {
+                    ha.mode == HaMode::Replicated
+                        && ha.listen == links[i]
+                        && ha.peer == links[1 - i]
+                        && ha.peer_client == Some(clients[1 - i])
+                        && ha.gateway == gateway
+                        && ha.lock_file == lock_file
+                        && ha.standby == spec.standby
+                        && ha.ack_mode == HaAckMode::Replicated
+                })
+                && parsed.net.ha.nodelay == spec.nodelay
+                && parsed.net.ha.send_buffer_bytes == spec.buffer_bytes
+                && parsed.net.ha.recv_buffer_bytes == spec.buffer_bytes;
+            if !as_meant {
+                return Err(failure(
+                    &profile,
+                    "the shipped replicated profile no longer rewrites as the bench expects \
+                     (addresses, data directory, standby, ack mode or [net.ha])"
+                        .to_owned(),
+                ));
+            }
+            std::fs::write(&profile, text).map_err(io_error(&profile))?;
+            nodes.push(Node {
+                log: dir.join(format!("{name}.log")),
+                profile,
+                data_dir,
+                client: clients[i],
+                admin: admins[i],
+                process: None,
+            });
+        }
+        let failover_bound = shipped[0]
+            .ha
+            .as_ref()
+            .map_or(Duration::ZERO, |ha| ha.worst_case_failover());
+        let gateway_log = dir.join("gateway.log");
+        let mut pair = Pair {
+            nodes: nodes.try_into().expect("two nodes"),
+            gateway: Some(Process::spawn(
+                &["gateway", "--listen", &gateway.to_string()],
+                &gateway_log,
+            )?),
+            dir,
+            failover_bound,
+        };
+        wait_for(&gateway_log, "the gateway to listen", START_TIMEOUT, || {
+            TcpStream::connect(gateway).is_ok()
+        })?;
+        pair.spawn_node(0)?;
+        pair.spawn_node(1)?;
+        pair.wait_up(0)?;
+        pair.wait_up(1)?;
+        Ok(pair)
+    }
+
+    fn spawn_node(&mut self, i: usize) -> Result<(), BenchError> {
+        let node = &mut self.nodes[i];
+        let profile = node.profile.to_string_lossy().into_owned();
+        node.process = Some(Process::spawn(
+            &["server", "--profile", &profile],
+            &node.log,
+        )?);
+        Ok(())
+    }
+
+    /// Waits until server `i` answers on its admin endpoint.
+    fn wait_up(&mut self, i: usize) -> Result<(), BenchError> {
+        let node = &mut self.nodes[i];
+        let deadline = Instant::now() + START_TIMEOUT;
+        while crate::admin::request(node.admin, "status").is_err() {
+            if node.process.as_mut().is_none_or(Process::exited) || Instant::now() > deadline {
+                return Err(failure(&node.log, "server did not start".to_owned()));
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<(), BenchError> {
+        self.spawn_node(i)?;
+        self.wait_up(i)
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].process = None;
+    }
+
+    fn url(&self) -> String {
+        format!("twinmq://{},{}", self.nodes[0].client, self.nodes[1].client)
+    }
+
+    fn status(&self, i: usize) -> Option<Status> {
+        let line = crate::admin::request(self.nodes[i].admin, "status").ok()?;
+        serde_json::from_str(&line).ok()
+    }
+
+    /// Waits until one server is ACTIVE with every shard streaming to the
+    /// other, PASSIVE and in sync; returns the active's index.
+    fn wait_in_sync(&self) -> Result<usize, BenchError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let states = [self.status(0), self.status(1)];
+            let active = (0..2).find(|&i| {
+                states[i]
+                    .as_ref()
+                    .is_some_and(|s| s.state == "ACTIVE" && all_in_sync(s))
+                    && states[1 - i].as_ref().is_some_and(|s| s.state == "PASSIVE")
+            });
+            if let Some(active) = active {
+                return Ok(active);
+            }
+            if Instant::now() > deadline {
+                let state =
+                    |s: &Option<Status>| s.as_ref().map_or("down".into(), |s| s.state.clone());
+                return Err(failure(
+                    &self.dir,
+                    format!(
+                        "the pair did not become ACTIVE + PASSIVE in sync within {START_TIMEOUT:?} \
+                         (primary {}, secondary {})",
+                        state(&states[0]),
+                        state(&states[1])
+                    ),
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.process = None;
+        }
+        self.gateway = None;
+        // Hundreds of MiB of segments each; the logs stay for the findings.
+        for node in &self.nodes {
+            let _ = std::fs::remove_dir_all(&node.data_dir);
+        }
+    }
+}
+
+/// `N` distinct free loopback addresses, outside the kernel's ephemeral port
+/// range: a server SIGKILLed and restarted must find its ports still free,
+/// and the bench's own reconnection loops would otherwise take ports from
+/// that range. All are held while they are chosen, so none repeats.
+fn free_addrs<const N: usize>() -> std::io::Result<[SocketAddr; N]> {
+    let (low, high) = ephemeral_ports();
+    // A start per process, so concurrent runs seldom probe the same ports.
+    let mut port = PORTS_FIRST + (std::process::id() % 64) as u16 * 128;
+    let mut held = Vec::with_capacity(N);
+    let mut tried = 0u32;
+    while held.len() < N {
+        if tried > u32::from(u16::MAX) {
+            return Err(std::io::Error::other(
+                "no free port outside the ephemeral range",
+            ));
+        }
+        tried += 1;
+        port = if port == u16::MAX {
+            PORTS_FIRST
+        } else {
+            port + 1
+        };
+        if (low..=high).contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    let addrs: Vec<SocketAddr> = held
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<_>>()?;
+    Ok(addrs.try_into().expect("N listeners"))
+}
+
+/// The kernel's ephemeral port range (Linux's default when unreadable).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((ports.next()??, ports.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Polls `done` until it holds; an error names `log` after `timeout`.
+fn wait_for(
+    log: &Path,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(failure(
+                log,
+                format!("timed out after {timeout:?} waiting for {what}"),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// Every shard of `status` streams to a passive that has caught up.
+fn all_in_sync(status: &Status) -> bool {
+    status.replication.len() == status.shards
+        && status.replication.iter().all(|r| r.stream_up && r.in_sync)
+}
+
+/// The passive's durable offsets as the active knows them, all shards.
+fn peer_durable(status: &Status) -> u64 {
+    status.replication.iter().map(|r| r.peer_durable).sum()
+}
+
+/// On a fresh pair as shipped: kills the passive, sends `mib` MiB to the
+/// active alone, restarts the passive and times it until every shard is in
+/// sync on the active. Fresh, so the passive's own start (journal recovery)
+/// costs little beside the catch-up.
+fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError> {
+    let mut pair = Pair::start(dir, "catchup", PairSpec::SHIPPED)?;
+    let active = pair.wait_in_sync()?;
+    let passive = 1 - active;
+    let durable_before = peer_durable(&pair.status(active).ok_or_else(|| {
+        failure(
+            &pair.nodes[active].log,
+            "the active stopped answering".into(),
+        )
+    })?);
+    pair.kill(passive);
+    // Only once the active has seen every stream close is the passive sure
+    // to miss everything sent next.
+    wait_for(
+        &pair.nodes[active].log,
+        "the active to see the passive gone",
+        START_TIMEOUT,
+        || {
+            pair.status(active)
+                .is_some_and(|s| s.replication.iter().all(|r| !r.stream_up))
+        },
+    )?;
+    let per_producer = (mib * MIB as u64 / CATCHUP_BODY_BYTES as u64).div_ceil(PRODUCERS as u64);
+    let sent = produce(&Load {
+        url: pair.url(),
+        producers: PRODUCERS,
+        window: WINDOW,
+        body: Bytes::from(vec![0x16u8; CATCHUP_BODY_BYTES]),
+        until: Until::Messages(per_producer),
+        queue: CATCHUP_QUEUE,
+    })?;
+
+    let started = Instant::now();
+    pair.spawn_node(passive)?;
+    let mut streams_up = None;
+    let deadline = started + CATCHUP_TIMEOUT;
+    let done = loop {
+        if let Some(status) = pair.status(active) {
+            let now = Instant::now();
+            if all_in_sync(&status) {
+                break (now, status);
+            }
+            if streams_up.is_none()
+                && !status.replication.is_empty()
+                && status.replication.iter().all(|r| r.stream_up)
+            {
+                streams_up = Some(now);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(failure(
+                &pair.nodes[passive].log,
+                format!("the passive did not catch up within {CATCHUP_TIMEOUT:?}"),
+            ));
+        }
+        std::thread::sleep(POLL);
+    };
+    let (done_at, status) = done;
+    let bytes = peer_durable(&status).saturating_sub(durable_before);
+    let floor_mib_s = floors.disk_write_mib_s.min(floors.loopback_mib_s);
+    let rate = |elapsed: Duration| bytes as f64 / MIB / elapsed.as_secs_f64();
+    let total = done_at - started;
+    let streaming = streams_up.map(|up| done_at - up);
+    Ok(Catchup {
+        bytes,
+        sent_body_bytes: sent.messages * CATCHUP_BODY_BYTES as u64,
+        total_s: total.as_secs_f64(),
+        total_mib_s: rate(total),
+        total_ratio: ratio(rate(total), floor_mib_s),
+        streaming_s: streaming.map(|s| s.as_secs_f64()),
+        streaming_mib_s: streaming.map(rate),
+        streaming_ratio: streaming.map(|s| ratio(rate(s), floor_mib_s)),
+        floor_mib_s,
+    })
+}
+
+/// `runs` takeovers of a fresh pair with `standby`, alternating which
+/// server is killed.
+fn takeovers(
+    dir: &Path,
+    standby: HaStandby,
+    runs: usize,
+    body: &Bytes,
+) -> Result<Takeover, BenchError> {
+    let mut pair = Pair::start(
+        dir,
+        "takeover",
+        PairSpec {
+            standby,
+            ..PairSpec::SHIPPED
+        },
+    )?;
+    let mut active = pair.wait_in_sync()?;
+    produce(&Load {
+        url: pair.url(),
+        producers: 1,
+        window: WINDOW,
+        body: body.clone(),
+        until: Until::Messages(TAKEOVER_BACKLOG),
+        queue: BACKLOG_QUEUE,
+    })?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let took = takeover(&mut pair, active, body)?;
+        samples.push(took.as_secs_f64() * 1000.0);
+        pair.start_node(active)?;
+        active = pair.wait_in_sync()?;
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(Takeover {
+        standby: standby.to_string(),
+        runs,
+        p50_ms: samples[(samples.len() - 1) / 2],
+        max_ms: samples[samples.len() - 1],
+        samples_ms: samples,
+        failover_bound_ms: pair.failover_bound.as_secs_f64() * 1000.0,
+    })
+}
+
+/// A producer thread sending window-1 to whichever server of `url` takes
+/// it, reconnecting after any error (the client itself does not fail over
+/// yet); each acknowledgement is reported with the server that gave it.
+/// Stopped and joined on drop.
+struct SteadySender {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SteadySender {
+    fn start(url: String, body: Bytes, acks: mpsc::Sender<(Instant, SocketAddr)>) -> SteadySender {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok(client) = Client::connect(&url, ClientOptions::default()) else {
+                    std::thread::sleep(RECONNECT_PAUSE);
+                    continue;
+                };
+                let mut producer = client.producer(ProducerOptions {
+                    window: 1,
+                    ..ProducerOptions::default()
+                });
+                while !stopped.load(Ordering::Relaxed)
+                    && producer.send_and_wait(TAKEOVER_QUEUE, body.clone()).is_ok()
+                {
+                    if acks.send((Instant::now(), client.server_addr())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        SteadySender {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SteadySender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// SIGKILLs server `active` under a steady window-1 load; returns the time
+/// to the first send the other server acknowledged.
+fn takeover(pair: &mut Pair, active: usize, body: &Bytes) -> Result<Duration, BenchError> {
+    let (acks, acked) = mpsc::channel();
+    let _sender = SteadySender::start(pair.url(), body.clone(), acks);
+    let log = pair.nodes[active].log.clone();
+    let lost = |what: &str| failure(&log, format!("takeover: {what}"));
+    for _ in 0..STEADY_ACKS {
+        acked
+            .recv_timeout(START_TIMEOUT)
+            .map_err(|_| lost("no steady sends before the kill"))?;
+    }
+    let survivor = pair.nodes[1 - active].client;
+    let killed_at = Instant::now();
+    pair.kill(active);
+    loop {
+        let left = (killed_at + START_TIMEOUT).saturating_duration_since(Instant::now());
+        match acked.recv_timeout(left) {
+            Ok((at, server)) if server == survivor && at > killed_at => {
+                return Ok(at - killed_at);
+            }
+            Ok(_) => {}
+            Err(_) => return Err(lost("the other server acknowledged nothing")),
+        }
+    }
+}
+
+/// WARN and ERROR lines (and panics) of every `.log` under `dir`.
+fn log_findings(dir: &Path) -> LogFindings {
+    let mut findings = LogFindings::default();
+    // (is an error, shape) → (count, the log it was first seen in)
+    let mut shapes: BTreeMap<(bool, String), (usize, String)> = BTreeMap::new();
+    let root = dir;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines().map(strip_ansi) {
+                // `<timestamp> <LEVEL> <target>: <message>`; the shape
+                // leaves the timestamp out.
+                let level = line.split_whitespace().nth(1).unwrap_or("");
+                let error = level == "ERROR" || line.contains("panicked at");
+                if !(error || level == "WARN") {
+                    continue;
+                }
+                let shape = line
+                    .trim_start()
+                    .split_once(char::is_whitespace)
+                    .map_or("", |(_, after)| after)
+                    .trim();
+                let seen = shapes
+                    .entry((error, fold_digits(shape)))
+                    .or_insert_with(|| {
+                        let log = path.strip_prefix(root).unwrap_or(&path);
+                        (0, log.display().to_string())
+                    });
+                seen.0 += 1;
+                if error {
+                    findings.errors += 1;
+                } else {
+                    findings.warnings += 1;
+                }
+            }
+        }
+    }
+    let mut ranked: Vec<_> = shapes.into_iter().collect();
+    ranked.sort_by(|(a, (n, _)), (b, (m, _))| b.0.cmp(&a.0).then(m.cmp(n)));
+    findings.lines = ranked
+        .into_iter()
+        .take(LOG_FINDINGS_MAX)
+        .map(|((_, shape), (count, log))| format!("{count} × {shape} (first in {log})"))
+        .collect();
+    findings
+}
+
+/// `line` with every run of digits replaced by `#`.
+fn fold_digits(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('#') {
+            out.push('#');
+        }
+    }
+    out
+}
+
+/// The report as a Markdown table, with what to know beneath it.
+pub fn render_table(r: &Report) -> String {
+    use std::fmt::Write;
+    let f = &r.floors;
+    let us = |v: f64| format!("{v:.0} µs");
+    let ms = |v: f64| format!("{v:.0} ms");
+    let msgs = |v: f64| format!("{v:.0} msgs/s");
+    let mib = |v: f64| format!("{v:.1} MiB/s");
+    let met = |ok: bool, target: &str| format!("{target}: {}", if ok { "met" } else { "MISSED" });
+    let load = format!("{}×{} × {} B", r.producers, r.window, r.body_bytes);
+    let mut rows: Vec<[String; 5]> = [
+        (
+            "floor: disk 4 KiB write + fdatasync, p50",
+            us(f.disk_flush_p50_us),
+        ),
+        (
+            "floor: disk 1 MiB O_DIRECT + dsync writes",
+            mib(f.disk_write_mib_s),
+        ),
+        (
+            "floor: loopback 64 B round trip, p50",
+            us(f.loopback_rtt_p50_us),
+        ),
+        ("floor: loopback, one TCP stream", mib(f.loopback_mib_s)),
+    ]
+    .into_iter()
+    .map(|(figure, value)| {
+        [
+            figure.into(),
+            value,
+            String::new(),
+            String::new(),
+            String::new(),
+        ]
+    })
+    .collect();
+    rows.push([
+        format!("single server, ack local, {load}"),
+        msgs(r.single_msgs_s),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    rows.push([
+        "single server, window 1, send-to-ack p50".into(),
+        us(r.single_window1_p50_us),
+        format!("{} (flush)", us(f.disk_flush_p50_us)),
+        format!("{:.2}", ratio(r.single_window1_p50_us, f.disk_flush_p50_us)),
+        String::new(),
+    ]);
+    let window1_floor = format!("{} (RTT + flush)", us(r.window1_floor_us));
+    for v in &r.link_variants {
+        let link = format!(
+            "nodelay {}, buffers {}",
+            v.nodelay,
+            match v.buffer_bytes {
+                0 => "kernel".to_owned(),
+                b => format!("{} KiB", b / 1024),
+            }
+        );
+        rows.push([
+            format!("pair, ack replicated, {load} ({link})"),
+            msgs(v.msgs_s),
+            format!("{} (single)", msgs(r.single_msgs_s)),
+            format!("{:.2}", v.msgs_ratio),
+            met(v.msgs_ratio >= 0.7, "≥ 0.7"),
+        ]);
+        rows.push([
+            format!("pair, window 1, send-to-ack p50 ({link})"),
+            us(v.window1_p50_us),
+            window1_floor.clone(),
+            format!("{:.2}", v.window1_ratio),
+            met(v.window1_ratio <= 1.5, "≤ 1.5"),
+        ]);
+        rows.push([
+            format!("pair, window 1, send-to-ack p99 ({link})"),
+            us(v.window1_p99_us),
+            window1_floor.clone(),
+            format!("{:.2}", ratio(v.window1_p99_us, r.window1_floor_us)),
+            String::new(),
+        ]);
+    }
+    let c = &r.catchup;
+    let catchup_floor = format!("{} (min disk, loopback)", mib(c.floor_mib_s));
+    rows.push([
+        format!(
+            "catch-up of {:.1} MiB, passive start to in sync",
+            c.bytes as f64 / MIB
+        ),
+        format!("{} ({:.2} s)", mib(c.total_mib_s), c.total_s),
+        catchup_floor.clone(),
+        format!("{:.2}", c.total_ratio),
+        met(c.total_ratio >= 0.5, "≥ 0.5"),
+    ]);
+    if let (Some(s), Some(rate), Some(ratio)) =
+        (c.streaming_s, c.streaming_mib_s, c.streaming_ratio)
+    {
+        rows.push([
+            "catch-up, streams up to in sync".into(),
+            format!("{} ({s:.2} s)", mib(rate)),
+            catchup_floor,
+            format!("{ratio:.2}"),
+            met(ratio >= 0.5, "≥ 0.5"),
+        ]);
+    }
+    for t in [&r.takeover_hot, &r.takeover_warm] {
+        let bound = format!("{} (detection bound)", ms(t.failover_bound_ms));
+        for (what, value) in [("p50", t.p50_ms), ("max", t.max_ms)] {
+            rows.push([
+                format!(
+                    "takeover, {} standby, SIGKILL to first ack, {what} of {}",
+                    t.standby, t.runs
+                ),
+                ms(value),
+                bound.clone(),
+                format!("{:.2}", ratio(value, t.failover_bound_ms)),
+                met(value < 1000.0, "< 1 s"),
+            ]);
+        }
+    }
+    let mut out =
+        String::from("| figure | value | floor | ratio | target |\n|---|---:|---:|---:|---|\n");
+    for row in rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(
+        out,
+        "\nEach measurement ran {} s. The pair is the shipped profiles/replicated pair (2 shards, \
+         hot standby, ack_mode replicated) on free ports; the single server has the same shards. \
+         Catch-up times are polled on the admin endpoint (about 50 ms resolution).",
+        r.seconds
+    );
+    let logs = &r.server_logs;
+    let _ = writeln!(
+        out,
+        "\nServer and gateway logs: {} ERROR, {} WARN line(s){}",
+        logs.errors,
+        logs.warnings,
+        if logs.lines.is_empty() { "." } else { ":" }
+    );
+    for line in &logs.lines {
+        let _ = writeln!(out, "- {line}");
+    }
+    out
+}
