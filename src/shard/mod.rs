@@ -21,6 +21,7 @@ mod conn;
 pub mod mesh;
 mod replica;
 
+use replica::Applied;
 pub use replica::{ReplicaStats, Role, ShardControl};
 
 use crate::broker::records::{BrokerRecord, MessageRecord};
@@ -36,7 +37,7 @@ use crate::protocol::{Destination, ErrorCode, Limits};
 use conn::Conn;
 use io_uring::{opcode, types};
 use mesh::{Mesh, ShardMsg};
-use replica::{After, Replica};
+use replica::Replica;
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -225,6 +226,77 @@ pub fn recover(journal: &Journal, broker: &mut Broker) -> Result<u64, JournalErr
     Ok(count)
 }
 
+/// A broker rebuilt from the journal (everything in it is durable).
+fn rebuilt(config: &ShardConfig, journal: &Journal) -> Result<Broker, String> {
+    let started = Instant::now();
+    let mut broker = Broker::new(config.id, config.settings.clone());
+    let records = recover(journal, &mut broker)
+        .map_err(|e| format!("shard {}: rebuilding from the journal: {e}", config.id.0))?;
+    tracing::info!(
+        shard = config.id.0,
+        records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "broker rebuilt from the journal"
+    );
+    Ok(broker)
+}
+
+/// Keeps a hot standby's broker in step with what its journal took from
+/// the active: records are replayed straight from the receive buffer; a cut
+/// journal is rebuilt at once, before any later record. A warm standby
+/// (or a stale broker) applies nothing: it is rebuilt at takeover.
+fn apply_replicated(
+    config: &ShardConfig,
+    broker: &mut Broker,
+    stale: &mut bool,
+    applied: Applied<'_>,
+    journal: &Journal,
+) {
+    if !config.hot_standby {
+        return;
+    }
+    match applied {
+        Applied::Cut => match rebuilt(config, journal) {
+            Ok(fresh) => {
+                *broker = fresh;
+                *stale = false;
+            }
+            Err(error) => {
+                tracing::error!(%error, "hot standby: rebuild failed; retried at takeover");
+                *stale = true;
+            }
+        },
+        Applied::Records(_, _) if *stale => {}
+        Applied::Records(offset, bytes) => {
+            let mut failed = None;
+            crate::journal::record::walk(
+                bytes,
+                offset,
+                config.segment_bytes,
+                |pos, len, record| {
+                    if !record || failed.is_some() {
+                        return;
+                    }
+                    let at = offset + pos as u64;
+                    let header =
+                        crate::journal::record::parse_header(&bytes[pos..pos + len], at, u32::MAX)
+                            .expect("append_raw checked it");
+                    let payload = &bytes[pos + RECORD_HEADER_BYTES..pos + len];
+                    if let Err(error) = replay_record(broker, at, header.kind, payload) {
+                        failed = Some(error);
+                    }
+                },
+            );
+            if let Some(error) = failed {
+                // The bytes are on disk and identical to the active's; only
+                // the in-memory copy is off: rebuild it at takeover.
+                tracing::error!(shard = config.id.0, %error, "hot standby could not apply a record");
+                *stale = true;
+            }
+        }
+    }
+}
+
 struct Shard {
     config: ShardConfig,
     ring: Ring,
@@ -257,8 +329,6 @@ struct Shard {
     /// The broker no longer matches the journal (it served, then followed,
     /// or the journal was cut): rebuild before serving again.
     broker_stale: bool,
-    /// Records a passive appended, for the broker (hot standby).
-    applied: Vec<(Offset, Vec<u8>)>,
 }
 
 /// Runs a shard until `shared.stop`; the journal must already be recovered
@@ -273,13 +343,12 @@ pub fn run(
 ) -> Result<(), ShardError> {
     let id = config.id.0;
     let ring = Ring::new(crate::constants::RING_ENTRIES_DEFAULT)?;
-    let mut replica = Replica::new(
+    let replica = Replica::new(
         config.role,
         config.batch_bytes_max,
         crate::journal::batch_capacity(config.batch_bytes_max),
         config.segment_bytes,
     );
-    replica.apply = config.hot_standby;
     let epoch = journal.epoch();
     let committed = journal.durable_offset();
     let mut shard = Shard {
@@ -306,7 +375,6 @@ pub fn run(
         begun: None,
         begin_waiting: None,
         broker_stale: false,
-        applied: Vec::new(),
     };
     shard.start()?;
     shard
@@ -432,22 +500,8 @@ impl Shard {
 
     /// Rebuilds the broker from the journal (everything in it is durable).
     fn rebuild_broker(&mut self) -> Result<(), String> {
-        let started = Instant::now();
-        let mut broker = Broker::new(self.config.id, self.config.settings.clone());
-        let records = recover(&self.journal, &mut broker).map_err(|e| {
-            format!(
-                "shard {}: rebuilding from the journal: {e}",
-                self.config.id.0
-            )
-        })?;
-        self.broker = broker;
+        self.broker = rebuilt(&self.config, &self.journal)?;
         self.broker_stale = false;
-        tracing::info!(
-            shard = self.config.id.0,
-            records,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "broker rebuilt from the journal"
-        );
         Ok(())
     }
 
@@ -466,56 +520,6 @@ impl Shard {
             self.local.extend(ready.into_iter().map(Command::Dispatch));
         }
         self.route_outputs();
-    }
-
-    /// Hands records a passive appended to its broker (hot standby).
-    fn apply_replicated(&mut self) {
-        for (offset, bytes) in std::mem::take(&mut self.applied) {
-            if self.broker_stale {
-                continue;
-            }
-            let mut failed = None;
-            crate::journal::record::walk(
-                &bytes,
-                offset,
-                self.config.segment_bytes,
-                |pos, len, record| {
-                    if !record || failed.is_some() {
-                        return;
-                    }
-                    let at = offset + pos as u64;
-                    let header =
-                        crate::journal::record::parse_header(&bytes[pos..pos + len], at, u32::MAX)
-                            .expect("append_raw checked it");
-                    let payload = &bytes[pos + RECORD_HEADER_BYTES..pos + len];
-                    if let Err(error) = replay_record(&mut self.broker, at, header.kind, payload) {
-                        failed = Some(error);
-                    }
-                },
-            );
-            if let Some(error) = failed {
-                // The bytes are on disk and identical to the active's; only
-                // the in-memory copy is off: rebuild it at takeover.
-                tracing::error!(shard = self.config.id.0, %error, "hot standby could not apply a record");
-                self.broker_stale = true;
-            }
-        }
-    }
-
-    fn after_replica(&mut self, after: After) {
-        self.apply_replicated();
-        match after {
-            After::Nothing => {}
-            After::Commit => self.advance_commit(),
-            After::Rebuild => {
-                self.broker_stale = true;
-                if self.config.hot_standby
-                    && let Err(error) = self.rebuild_broker()
-                {
-                    tracing::error!(%error, "hot standby: rebuild failed; retried at takeover");
-                }
-            }
-        }
     }
 
     fn event_loop(&mut self) -> std::io::Result<()> {
@@ -724,19 +728,36 @@ impl Shard {
                     self.epoch_durable(durable);
                     self.advance_commit();
                     self.release(durable);
-                    let after = self
-                        .replica
-                        .retry_follower(&mut self.journal, &mut self.applied);
-                    self.after_replica(after);
+                    let Shard {
+                        replica,
+                        journal,
+                        broker,
+                        broker_stale,
+                        config,
+                        ..
+                    } = self;
+                    replica.retry_follower(journal, &mut |applied, journal| {
+                        apply_replicated(config, broker, broker_stale, applied, journal)
+                    });
                 }
                 Some(JournalEvent::Poisoned(cause)) => self.note_poison(&cause),
                 None => {}
             },
             Some(Owner::Replica) => {
-                let after = self
-                    .replica
-                    .complete(completion, &mut self.journal, &mut self.applied);
-                self.after_replica(after);
+                let Shard {
+                    replica,
+                    journal,
+                    broker,
+                    broker_stale,
+                    config,
+                    ..
+                } = self;
+                let commit = replica.complete(completion, journal, &mut |applied, journal| {
+                    apply_replicated(config, broker, broker_stale, applied, journal)
+                });
+                if commit {
+                    self.advance_commit();
+                }
             }
             Some(Owner::Wake) => self.wake_armed = false,
             Some(Owner::Accept) => {
@@ -874,12 +895,8 @@ impl Shard {
     }
 
     fn publish_stats(&mut self) {
-        let mut replica = None;
-        if self.config.epoch.is_none() {
-            let mut stats = ShardStats::default();
-            self.replica.publish(&mut stats);
-            replica = stats.replica;
-        }
+        // Replicated HA (no epoch opened at start-up) reports its streams.
+        let replica = self.config.epoch.is_none().then(|| self.replica.snapshot());
         let stats = ShardStats {
             connections: self.conns.len(),
             destinations: self.broker.stats(),
@@ -913,9 +930,8 @@ impl Shard {
             for completion in std::mem::take(&mut self.completions) {
                 match completion.token.owner() {
                     Some(Owner::Replica) => {
-                        let mut ignored = Vec::new();
                         self.replica
-                            .complete(completion, &mut self.journal, &mut ignored);
+                            .complete(completion, &mut self.journal, &mut |_, _| {});
                     }
                     Some(Owner::Journal) => {
                         self.journal.complete(completion);

@@ -23,7 +23,6 @@
 //! byte that is not the active's journal at that offset, or free a lent
 //! batch before the kernel is done sending it.
 
-use super::ShardStats;
 use crate::ids::{Epoch, Offset};
 use crate::io::{Completion, Owner, Ring, Token};
 use crate::journal::record::whole_records;
@@ -364,10 +363,10 @@ enum LeadPhase {
 pub struct Leader {
     stream: Stream,
     phase: LeadPhase,
-    /// The passive's durable offset (its acks).
-    acked: Offset,
     /// (end offset, records) of each data frame sent and not yet acked.
     marks: VecDeque<(Offset, u64)>,
+    /// The records of `marks`, summed.
+    unacked_records: u64,
 }
 
 /// Where the passive stands.
@@ -410,19 +409,20 @@ pub struct Replica {
     pub stats: ReplicaStats,
     /// Stats changed in a way the control thread should see at once.
     pub dirty: bool,
-    /// Hand appended records back for the broker to apply (hot standby).
-    pub apply: bool,
 }
 
-/// Something the shard must do after replication handled an event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum After {
-    Nothing,
-    /// The commit point may have moved.
-    Commit,
-    /// The passive truncated its journal: rebuild the broker from it.
-    Rebuild,
+/// What a passive did to its journal, for its broker (hot standby).
+#[derive(Debug)]
+pub enum Applied<'a> {
+    /// These whole records were appended at this offset.
+    Records(Offset, &'a [u8]),
+    /// The journal was cut back (a tail the active does not have): the
+    /// broker must be rebuilt from it before later records are applied.
+    Cut,
 }
+
+/// Where a passive's appends are reported, with the journal as it stands.
+pub type ApplyFn<'f> = dyn FnMut(Applied<'_>, &Journal) + 'f;
 
 impl Replica {
     pub fn new(
@@ -446,7 +446,6 @@ impl Replica {
                 ..ReplicaStats::default()
             },
             dirty: true,
-            apply: true,
         }
     }
 
@@ -515,8 +514,8 @@ impl Replica {
         self.leader = Some(Leader {
             stream,
             phase: LeadPhase::AwaitHello,
-            acked: Offset::ZERO,
             marks: VecDeque::new(),
+            unacked_records: 0,
         });
         self.stats.stream_up = true;
         self.dirty = true;
@@ -714,7 +713,7 @@ impl Replica {
                     .end_offset()
                     .get()
                     .saturating_sub(self.peer_acked.get());
-                self.stats.lag_records = leader.marks.iter().map(|(_, n)| n).sum();
+                self.stats.lag_records = leader.unacked_records;
             }
             (None, Role::Follow) => {
                 self.stats.peer_durable = journal.durable_offset().get();
@@ -745,15 +744,15 @@ impl Replica {
         }
     }
 
-    /// A replication completion; returns what the shard must do next and
-    /// any records the passive appended (for hot standby: offset and bytes
-    /// to apply).
+    /// A replication completion; what a passive appends is reported to
+    /// `apply` as it goes. Returns whether the commit point may have moved
+    /// (the passive acknowledged more).
     pub fn complete(
         &mut self,
         completion: Completion,
         journal: &mut Journal,
-        applied: &mut Vec<(Offset, Vec<u8>)>,
-    ) -> After {
+        apply: &mut ApplyFn<'_>,
+    ) -> bool {
         let id = completion.token.id();
         let (generation, receive) = (id >> 1, id & 1 == 1);
         if let Some(index) = self.closing.iter().position(|s| s.generation == generation) {
@@ -769,7 +768,7 @@ impl Replica {
             if stream.idle() {
                 self.closing.swap_remove(index);
             }
-            return After::Nothing;
+            return false;
         }
         if let Some(leader) = &mut self.leader
             && leader.stream.generation == generation
@@ -778,10 +777,10 @@ impl Replica {
                 if leader.stream.sent(completion.result).is_some() {
                     journal.return_batch();
                 }
-                return After::Nothing;
+                return false;
             }
             if !leader.stream.received(completion.result) {
-                return After::Nothing;
+                return false;
             }
             return self.leader_frames(journal);
         }
@@ -790,20 +789,21 @@ impl Replica {
         {
             if !receive {
                 follower.stream.sent(completion.result);
-                return After::Nothing;
+                return false;
             }
             if !follower.stream.received(completion.result) {
-                return After::Nothing;
+                return false;
             }
-            return self.follower_frames(journal, applied);
+            self.follower_frames(journal, apply);
+            return false;
         }
         tracing::error!(generation, "completion for an unknown replication stream");
-        After::Nothing
+        false
     }
 
-    fn leader_frames(&mut self, journal: &mut Journal) -> After {
+    fn leader_frames(&mut self, journal: &mut Journal) -> bool {
         let leader = self.leader.as_mut().expect("leader");
-        let mut after = After::Nothing;
+        let mut commit = false;
         loop {
             let frame = match wire::decode(leader.stream.received_bytes(), 0) {
                 Ok(Some((frame, used))) => {
@@ -852,13 +852,13 @@ impl Replica {
                     }
                 }
                 Ok(Frame::Ack { durable, .. }) if leader.phase != LeadPhase::AwaitHello => {
-                    leader.acked = leader.acked.max(durable);
                     while leader.marks.front().is_some_and(|(end, _)| *end <= durable) {
-                        leader.marks.pop_front();
+                        let (_, records) = leader.marks.pop_front().expect("front");
+                        leader.unacked_records -= records;
                     }
                     if durable > self.peer_acked {
                         self.peer_acked = durable;
-                        after = After::Commit;
+                        commit = true;
                     }
                 }
                 Ok(other) => {
@@ -874,16 +874,11 @@ impl Replica {
                 }
             }
         }
-        after
+        commit
     }
 
-    fn follower_frames(
-        &mut self,
-        journal: &mut Journal,
-        applied: &mut Vec<(Offset, Vec<u8>)>,
-    ) -> After {
+    fn follower_frames(&mut self, journal: &mut Journal, apply: &mut ApplyFn<'_>) {
         let follower = self.follower.as_mut().expect("follower");
-        let mut after = After::Nothing;
         loop {
             let buf = follower.stream.received_bytes();
             let (frame, used) = match wire::decode(buf, self.data_max) {
@@ -918,7 +913,7 @@ impl Replica {
                                         "replication: dropped this journal's tail the active does not have \
                                          (never acknowledged as replicated)"
                                     );
-                                    after = After::Rebuild;
+                                    apply(Applied::Cut, journal);
                                 }
                                 follower.phase = FollowPhase::Applying;
                                 follower.ack_due = Some(journal.durable_offset());
@@ -952,9 +947,7 @@ impl Replica {
                     } else {
                         match journal.append_raw(offset, records) {
                             Ok(()) => {
-                                if self.apply {
-                                    applied.push((offset, records.to_vec()));
-                                }
+                                apply(Applied::Records(offset, records), journal);
                                 Ok(true)
                             }
                             // Wait for the flush in flight, then retry.
@@ -979,40 +972,39 @@ impl Replica {
                 }
             }
         }
-        after
     }
 
     /// A follower waiting for room in the journal tries again.
-    pub fn retry_follower(
-        &mut self,
-        journal: &mut Journal,
-        applied: &mut Vec<(Offset, Vec<u8>)>,
-    ) -> After {
+    pub fn retry_follower(&mut self, journal: &mut Journal, apply: &mut ApplyFn<'_>) {
         if self
             .follower
             .as_ref()
             .is_some_and(|f| !f.stream.received_bytes().is_empty() && f.stream.broken.is_none())
         {
-            self.follower_frames(journal, applied)
-        } else {
-            After::Nothing
+            self.follower_frames(journal, apply);
         }
     }
 
-    /// Publishes the figures into the shard's stats.
-    pub fn publish(&mut self, stats: &mut ShardStats) {
-        stats.replica = Some(self.stats.clone());
+    /// The figures for the shard's stats; the control thread has seen them.
+    pub fn snapshot(&mut self) -> ReplicaStats {
         self.dirty = false;
+        self.stats.clone()
     }
 }
 
 impl Leader {
+    /// A data frame ending at `end` with `records` records went out.
+    fn mark(&mut self, end: Offset, records: u64) {
+        self.marks.push_back((end, records));
+        self.unacked_records += records;
+    }
+
     fn send_batch(&mut self, batch: LentBatch, epoch: Epoch, segment_bytes: u64) {
         // SAFETY: the journal just lent this batch; it stays put until
         // `return_batch`.
         let records = unsafe { std::slice::from_raw_parts(batch.ptr, batch.len()) };
         let (_, count) = whole_records(records, batch.start, segment_bytes);
-        self.marks.push_back((batch.end, count));
+        self.mark(batch.end, count);
         self.stream.queue.push_back(Outgoing::Lent {
             header: Box::new(wire::data_header(batch.start, epoch, batch.len())),
             batch,
@@ -1043,7 +1035,7 @@ impl Leader {
         bytes.truncate(HEADER_BYTES + whole);
         let header = wire::data_header(cursor, journal.epoch(), whole);
         bytes[..HEADER_BYTES].copy_from_slice(&header);
-        self.marks.push_back((cursor + whole as u64, count));
+        self.mark(cursor + whole as u64, count);
         self.stream.push(bytes);
         Ok(cursor + whole as u64)
     }
