@@ -31,7 +31,7 @@ pub struct DestinationStatus {
 }
 
 /// What `status` answers.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Status {
     pub server: String,
     /// `single` until the HA pair exists.
@@ -188,23 +188,9 @@ pub fn data_status(identity: &Identity, shared: &Shared) -> Status {
         uptime_ms: identity.started.elapsed().as_millis() as u64,
         client_listen: identity.client_addr.to_string(),
         shards: identity.shards,
-        connections: 0,
-        messages: 0,
-        cached_bytes: 0,
-        journal_bytes: 0,
-        journal_segments: 0,
         rss_bytes: rss_bytes(),
-        poisoned: Vec::new(),
-        destinations: Vec::new(),
         mode: "single".into(),
-        peer_state: None,
-        lock_holder: None,
-        gateway_reachable: None,
-        last_transition: None,
-        replication: Vec::new(),
-        degraded: None,
-        confirmed_epoch: None,
-        lock_epoch: None,
+        ..Status::default()
     };
     for stats in &shared.stats {
         let stats = stats.lock().expect("stats lock");
@@ -309,28 +295,15 @@ mod tests {
             server: "secondary".into(),
             role: "secondary".into(),
             state: state.into(),
-            epoch: 0,
             pid: 1,
-            uptime_ms: 0,
             client_listen: "127.0.0.1:1956".into(),
             shards: 1,
-            connections: 0,
-            messages: 0,
-            cached_bytes: 0,
-            journal_bytes: 0,
-            journal_segments: 0,
-            rss_bytes: 0,
-            poisoned: Vec::new(),
-            destinations: Vec::new(),
             mode: "replicated".into(),
             peer_state: Some("DEAD".into()),
-            lock_holder: None,
             gateway_reachable: Some(true),
-            last_transition: None,
-            replication: Vec::new(),
-            degraded: None,
             confirmed_epoch: confirmed,
             lock_epoch: lock,
+            ..Status::default()
         }
     }
 
