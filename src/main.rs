@@ -511,8 +511,17 @@ fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
         } else {
             "not in sync".to_owned()
         };
+        let last_catchup = if r.last_catchup_us > 0 {
+            format!(
+                ", last catch-up {:.1} MiB in {:.0} ms",
+                r.last_catchup_bytes as f64 / (1024.0 * 1024.0),
+                r.last_catchup_us as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  shard {shard} replication: {}, stream {}, {sync}, peer durable at {}, lag {} bytes / {} records{}",
+            "  shard {shard} replication: {}, stream {}, {sync}, peer durable at {}, lag {} bytes / {} records{last_catchup}{}",
             r.role,
             if r.stream_up { "up" } else { "down" },
             r.peer_durable,

@@ -169,9 +169,16 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
     // The passive missed at least what was sent while it was down.
     let caught_up = positive(&report, &["catchup", "bytes"]);
     assert!(caught_up >= positive(&report, &["catchup", "sent_body_bytes"]));
-    for figure in ["total_s", "total_mib_s", "total_ratio", "floor_mib_s"] {
+    for figure in [
+        "total_s",
+        "streaming_s",
+        "streaming_mib_s",
+        "ratio",
+        "copy_ratio",
+    ] {
         positive(&report, &["catchup", figure]);
     }
+    positive(&report, &["floors", "disk_copy_mib_s"]);
 
     for (series, standby) in [("takeover_hot", "hot"), ("takeover_warm", "warm")] {
         let takeover = &report[series];

@@ -248,6 +248,74 @@ pub(crate) fn direct_dsync_floor(
     Ok((mib / start.elapsed().as_secs_f64(), latency))
 }
 
+/// Buffers in flight between the reader and the writer of the copy floor.
+const COPY_DEPTH: usize = 4;
+
+/// Copies `src` into `dst` on the same disk, `chunk_bytes` at a time, for
+/// `budget`: `O_DIRECT` reads on one thread, `O_DIRECT` + `RWF_DSYNC`
+/// writes on another, up to [`COPY_DEPTH`] chunks between them. Returns
+/// MiB/s written. This is the floor of anything that reads a log back on
+/// one disk while another process writes it durably on the same disk (a
+/// replicated pair's catch-up when both servers share the machine).
+pub(crate) fn disk_copy_floor(
+    src: &Path,
+    dst: &Path,
+    chunk_bytes: usize,
+    budget: Duration,
+) -> Result<f64, BenchError> {
+    let open = |path: &Path, write: bool| {
+        OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .map_err(io_error(path))
+    };
+    let (reader, writer) = (open(src, false)?, open(dst, true)?);
+    let slots = FLOOR_FILE_BYTES / chunk_bytes as u64;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<AlignedBuf>(COPY_DEPTH);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<AlignedBuf>(COPY_DEPTH);
+    for _ in 0..COPY_DEPTH {
+        empty_tx
+            .send(AlignedBuf::zeroed(chunk_bytes))
+            .expect("receiver alive");
+    }
+    let start = Instant::now();
+    let written = std::thread::scope(|scope| {
+        let reads = scope.spawn(move || -> std::io::Result<()> {
+            let mut n = 0u64;
+            while let Ok(mut buf) = empty_rx.recv() {
+                if start.elapsed() >= budget {
+                    break;
+                }
+                reader.read_exact_at(&mut buf, (n % slots) * chunk_bytes as u64)?;
+                n += 1;
+                if full_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut written = 0u64;
+        let mut result = Ok(());
+        while let Ok(buf) = full_rx.recv() {
+            let at = (written % slots) * chunk_bytes as u64;
+            if let Err(error) = io::pwrite_dsync(&writer, &buf, at) {
+                result = Err(io_error(dst)(error));
+                break;
+            }
+            written += 1;
+            // The reader stops at the deadline and drops its sender.
+            let _ = empty_tx.send(buf);
+        }
+        drop(empty_tx);
+        let read = reads.join().expect("copy reader thread");
+        result.and(read.map_err(io_error(src))).map(|()| written)
+    })?;
+    let mib = (written * chunk_bytes as u64) as f64 / (1024.0 * 1024.0);
+    Ok(mib / start.elapsed().as_secs_f64())
+}
+
 fn bench_options(mode: Durability, batch_bytes: usize) -> JournalOptions {
     JournalOptions {
         segment_bytes: SEGMENT_BYTES,

@@ -28,7 +28,8 @@
 
 use super::broker::{client_error, start_server, window1};
 use super::journal::{
-    BenchError, FLOOR_FILE_BYTES, direct_dsync_floor, flush_floor, io_error, make_zeroed,
+    BenchError, FLOOR_FILE_BYTES, direct_dsync_floor, disk_copy_floor, flush_floor, io_error,
+    make_zeroed,
 };
 use super::{Latency, ratio};
 use crate::admin::Status;
@@ -114,6 +115,10 @@ pub struct Config {
 pub struct Floors {
     pub disk_flush_p50_us: f64,
     pub disk_write_mib_s: f64,
+    /// 1 MiB `O_DIRECT` reads of one file while another takes 1 MiB
+    /// `O_DIRECT` + dsync writes, on the same disk: what a catch-up between
+    /// two servers on one machine can at most do.
+    pub disk_copy_mib_s: f64,
     pub loopback_rtt_p50_us: f64,
     pub loopback_mib_s: f64,
 }
@@ -136,22 +141,23 @@ pub struct LinkVariant {
 /// The passive's catch-up after missing `bytes`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Catchup {
-    /// Journal bytes the passive acknowledged in the catch-up.
+    /// Journal bytes the passive acknowledged in the catch-up, all shards.
     pub bytes: u64,
     /// Message bodies sent while it was down.
     pub sent_body_bytes: u64,
     /// From spawning the passive to every shard in sync on the active
-    /// (process start and journal recovery included).
+    /// (process start and journal recovery included; polled).
     pub total_s: f64,
-    pub total_mib_s: f64,
-    pub total_ratio: f64,
-    /// From every shard's stream up to every shard in sync, when the polls
-    /// saw the streams up before they saw them in sync.
-    pub streaming_s: Option<f64>,
-    pub streaming_mib_s: Option<f64>,
-    pub streaming_ratio: Option<f64>,
-    /// min(disk write, loopback) MiB/s.
-    pub floor_mib_s: f64,
+    /// The catch-up itself as the active's shards timed it (from the
+    /// passive's `Sync` to its acknowledgement of the live point); shards
+    /// run in parallel, so the slowest one's time.
+    pub streaming_s: f64,
+    pub streaming_mib_s: f64,
+    /// `streaming_mib_s` ÷ min(disk write, loopback): the issue's floor.
+    pub ratio: f64,
+    /// `streaming_mib_s` ÷ min(disk copy, loopback): the floor when both
+    /// servers share one disk, as here.
+    pub copy_ratio: f64,
 }
 
 /// SIGKILL of the active to the first send acknowledged by the other server.
@@ -318,11 +324,16 @@ fn measure_floors(dir: &Path, budget: Duration) -> Result<Floors, BenchError> {
     let path = dir.join("write-floor");
     make_zeroed(&path, FLOOR_FILE_BYTES)?;
     let (disk_write_mib_s, _) = direct_dsync_floor(&path, DISK_WRITE_BYTES, budget)?;
+    let copy = dir.join("copy-floor");
+    make_zeroed(&copy, FLOOR_FILE_BYTES)?;
+    let disk_copy_mib_s = disk_copy_floor(&path, &copy, DISK_WRITE_BYTES, budget)?;
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&copy);
     let loopback = Path::new("loopback");
     Ok(Floors {
         disk_flush_p50_us: flush.quantile_us(0.5),
         disk_write_mib_s,
+        disk_copy_mib_s,
         loopback_rtt_p50_us: loopback_round_trip(budget)
             .map_err(io_error(loopback))?
             .quantile_us(0.5),
@@ -661,7 +672,7 @@ impl Pair {
             failover_bound,
         };
         wait_for(&gateway_log, "the gateway to listen", START_TIMEOUT, || {
-            TcpStream::connect(gateway).is_ok()
+            TcpStream::connect(gateway).ok().map(drop)
         })?;
         pair.spawn_node(0)?;
         pair.spawn_node(1)?;
@@ -806,14 +817,17 @@ fn ephemeral_ports() -> (u16, u16) {
 }
 
 /// Polls `done` until it holds; an error names `log` after `timeout`.
-fn wait_for(
+fn wait_for<T>(
     log: &Path,
     what: &str,
     timeout: Duration,
-    mut done: impl FnMut() -> bool,
-) -> Result<(), BenchError> {
+    mut done: impl FnMut() -> Option<T>,
+) -> Result<T, BenchError> {
     let deadline = Instant::now() + timeout;
-    while !done() {
+    loop {
+        if let Some(value) = done() {
+            return Ok(value);
+        }
         if Instant::now() > deadline {
             return Err(failure(
                 log,
@@ -822,7 +836,6 @@ fn wait_for(
         }
         std::thread::sleep(POLL);
     }
-    Ok(())
 }
 
 /// Every shard of `status` streams to a passive that has caught up.
@@ -860,6 +873,7 @@ fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError
         || {
             pair.status(active)
                 .is_some_and(|s| s.replication.iter().all(|r| !r.stream_up))
+                .then_some(())
         },
     )?;
     let per_producer = (mib * MIB as u64 / CATCHUP_BODY_BYTES as u64).div_ceil(PRODUCERS as u64);
@@ -874,45 +888,41 @@ fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError
 
     let started = Instant::now();
     pair.spawn_node(passive)?;
-    let mut streams_up = None;
-    let deadline = started + CATCHUP_TIMEOUT;
-    let done = loop {
-        if let Some(status) = pair.status(active) {
-            let now = Instant::now();
-            if all_in_sync(&status) {
-                break (now, status);
-            }
-            if streams_up.is_none()
-                && !status.replication.is_empty()
-                && status.replication.iter().all(|r| r.stream_up)
-            {
-                streams_up = Some(now);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(failure(
-                &pair.nodes[passive].log,
-                format!("the passive did not catch up within {CATCHUP_TIMEOUT:?}"),
-            ));
-        }
-        std::thread::sleep(POLL);
-    };
-    let (done_at, status) = done;
+    let status = wait_for(
+        &pair.nodes[passive].log,
+        "the passive to catch up",
+        CATCHUP_TIMEOUT,
+        || pair.status(active).filter(all_in_sync),
+    )?;
+    let total = started.elapsed();
     let bytes = peer_durable(&status).saturating_sub(durable_before);
-    let floor_mib_s = floors.disk_write_mib_s.min(floors.loopback_mib_s);
-    let rate = |elapsed: Duration| bytes as f64 / MIB / elapsed.as_secs_f64();
-    let total = done_at - started;
-    let streaming = streams_up.map(|up| done_at - up);
+    let caught_up: u64 = status
+        .replication
+        .iter()
+        .map(|r| r.last_catchup_bytes)
+        .sum();
+    let slowest_us = status
+        .replication
+        .iter()
+        .map(|r| r.last_catchup_us)
+        .max()
+        .unwrap_or(0);
+    let streaming_s = slowest_us as f64 / 1e6;
+    let streaming_mib_s = caught_up as f64 / MIB / streaming_s;
     Ok(Catchup {
         bytes,
         sent_body_bytes: sent.messages * CATCHUP_BODY_BYTES as u64,
         total_s: total.as_secs_f64(),
-        total_mib_s: rate(total),
-        total_ratio: ratio(rate(total), floor_mib_s),
-        streaming_s: streaming.map(|s| s.as_secs_f64()),
-        streaming_mib_s: streaming.map(rate),
-        streaming_ratio: streaming.map(|s| ratio(rate(s), floor_mib_s)),
-        floor_mib_s,
+        streaming_s,
+        streaming_mib_s,
+        ratio: ratio(
+            streaming_mib_s,
+            floors.disk_write_mib_s.min(floors.loopback_mib_s),
+        ),
+        copy_ratio: ratio(
+            streaming_mib_s,
+            floors.disk_copy_mib_s.min(floors.loopback_mib_s),
+        ),
     })
 }
 
@@ -1128,6 +1138,10 @@ pub fn render_table(r: &Report) -> String {
             "floor: loopback 64 B round trip, p50",
             us(f.loopback_rtt_p50_us),
         ),
+        (
+            "floor: disk copy, 1 MiB O_DIRECT reads beside dsync writes",
+            mib(f.disk_copy_mib_s),
+        ),
         ("floor: loopback, one TCP stream", mib(f.loopback_mib_s)),
     ]
     .into_iter()
@@ -1188,28 +1202,32 @@ pub fn render_table(r: &Report) -> String {
         ]);
     }
     let c = &r.catchup;
-    let catchup_floor = format!("{} (min disk, loopback)", mib(c.floor_mib_s));
+    let catchup = format!(
+        "catch-up of {:.1} MiB, Sync to in sync (passive start to in sync: {:.2} s)",
+        c.bytes as f64 / MIB,
+        c.total_s
+    );
+    let catchup_rate = format!("{} ({:.2} s)", mib(c.streaming_mib_s), c.streaming_s);
     rows.push([
+        catchup.clone(),
+        catchup_rate.clone(),
         format!(
-            "catch-up of {:.1} MiB, passive start to in sync",
-            c.bytes as f64 / MIB
+            "{} (min disk write, loopback)",
+            mib(f.disk_write_mib_s.min(f.loopback_mib_s))
         ),
-        format!("{} ({:.2} s)", mib(c.total_mib_s), c.total_s),
-        catchup_floor.clone(),
-        format!("{:.2}", c.total_ratio),
-        met(c.total_ratio >= 0.5, "≥ 0.5"),
+        format!("{:.2}", c.ratio),
+        met(c.ratio >= 0.5, "≥ 0.5"),
     ]);
-    if let (Some(s), Some(rate), Some(ratio)) =
-        (c.streaming_s, c.streaming_mib_s, c.streaming_ratio)
-    {
-        rows.push([
-            "catch-up, streams up to in sync".into(),
-            format!("{} ({s:.2} s)", mib(rate)),
-            catchup_floor,
-            format!("{ratio:.2}"),
-            met(ratio >= 0.5, "≥ 0.5"),
-        ]);
-    }
+    rows.push([
+        catchup,
+        catchup_rate,
+        format!(
+            "{} (min disk copy, loopback)",
+            mib(f.disk_copy_mib_s.min(f.loopback_mib_s))
+        ),
+        format!("{:.2}", c.copy_ratio),
+        String::new(),
+    ]);
     for t in [&r.takeover_hot, &r.takeover_warm] {
         let bound = format!("{} (detection bound)", ms(t.failover_bound_ms));
         for (what, value) in [("p50", t.p50_ms), ("max", t.max_ms)] {
@@ -1234,7 +1252,8 @@ pub fn render_table(r: &Report) -> String {
         out,
         "\nEach measurement ran {} s. The pair is the shipped profiles/replicated pair (2 shards, \
          hot standby, ack_mode replicated) on free ports; the single server has the same shards. \
-         Catch-up times are polled on the admin endpoint (about 50 ms resolution).",
+         Catch-up is timed by the active's shards; both servers share one disk here, so the \
+         active reads back what the passive writes on the same device (the disk-copy floor).",
         r.seconds
     );
     let logs = &r.server_logs;
