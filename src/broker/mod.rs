@@ -44,6 +44,8 @@ pub struct BrokerSettings {
     /// Bytes of message headers and bodies this shard keeps in memory;
     /// beyond it, persistent messages are read back from the journal.
     pub cache_bytes_max: usize,
+    /// A producer silent this long may lose its duplicate detection.
+    pub producer_idle_expiry_ms: u64,
 }
 
 /// A subscription as a connection knows it.
@@ -79,6 +81,8 @@ pub enum AfterDurable {
         to: ConnId,
         producer_id: u64,
         sequence: u64,
+        /// The send repeated one already journaled: nothing was enqueued.
+        duplicate: bool,
     },
     /// A dead-lettered copy is safe: settle the original on its shard.
     SettleOriginal(SettleOriginal),
@@ -176,7 +180,10 @@ pub enum Output {
         to: ConnId,
         producer_id: u64,
         sequence: u64,
+        /// The message's id; for a duplicate, the original's when it was
+        /// the producer's latest on this shard, else 0.
         message: MessageId,
+        duplicate: bool,
     },
     Deliver {
         to: ConsumerKey,
@@ -294,6 +301,27 @@ enum Dest {
 enum Meta {
     Destination(Destination),
     Subscription(Destination, String),
+    /// The record that holds a producer's last sequence (its latest message
+    /// or a checkpoint).
+    Producer(u64),
+}
+
+/// Duplicate detection for one producer on this shard. Its sends reach a
+/// shard in sequence order (one connection, in order; a replay after
+/// failover resends in the original order), so a send whose sequence is
+/// not above the highest journaled here repeats one this shard already has.
+#[derive(Debug, Clone, Copy)]
+struct ProducerState {
+    /// Highest sequence journaled on this shard.
+    sequence: u64,
+    /// The message that carried it; `None` once only a checkpoint does.
+    message: Option<MessageId>,
+    /// End of the record holding `sequence`: a duplicate is acknowledged
+    /// only once the commit point passed it, like the original.
+    end: Offset,
+    /// Unix ms of the producer's last send; 0 = replayed from a message
+    /// record (the idle clock starts at the next carry-forward).
+    last_seen_ms: u64,
 }
 
 /// Depth and consumers of one destination, for status.
@@ -322,6 +350,8 @@ pub struct Broker {
     live_meta: BTreeMap<Offset, Meta>,
     /// Where each destination's / subscription's create record is.
     meta_offsets: HashMap<Meta, Offset>,
+    /// Duplicate detection, by producer id (0 = none: not deduplicated).
+    producers: HashMap<u64, ProducerState>,
     /// What waits for the journal to be durable past an offset: an output
     /// to emit, and the destination whose message became deliverable.
     /// Gated on the commit point (`on_durable`).
@@ -348,6 +378,7 @@ impl Broker {
             live_messages: BTreeSet::new(),
             live_meta: BTreeMap::new(),
             meta_offsets: HashMap::new(),
+            producers: HashMap::new(),
             pending: VecDeque::new(),
             pending_local: VecDeque::new(),
             refuse_replicated: false,
@@ -422,6 +453,9 @@ impl Broker {
             BrokerRecord::Message(message) => {
                 let id = MessageId::persistent(self.shard, offset);
                 let data = message.data;
+                if message.producer_id != 0 {
+                    self.note_producer(message.producer_id, message.sequence, Some(id), offset, 0);
+                }
                 self.ensure_in_memory(&message.destination);
                 self.store_message(
                     id,
@@ -459,7 +493,82 @@ impl Broker {
                 self.set_meta(Meta::Subscription(topic, name), offset);
             }
             BrokerRecord::SubscriptionDelete { topic, name } => self.drop_durable(&topic, &name),
+            BrokerRecord::ProducerCheckpoint {
+                producer_id,
+                sequence,
+                last_seen_ms,
+            } => self.note_producer(producer_id, sequence, None, offset, last_seen_ms),
         }
+    }
+
+    /// `producer_id`'s highest sequence here is (at least) `sequence`,
+    /// held by the record at `offset` (a replayed one is durable: its end
+    /// is taken as `offset`).
+    fn note_producer(
+        &mut self,
+        producer_id: u64,
+        sequence: u64,
+        message: Option<MessageId>,
+        offset: Offset,
+        last_seen_ms: u64,
+    ) {
+        let state = self.producers.entry(producer_id).or_insert(ProducerState {
+            sequence,
+            message,
+            end: offset,
+            last_seen_ms,
+        });
+        if sequence >= state.sequence {
+            *state = ProducerState {
+                sequence,
+                message,
+                end: offset,
+                last_seen_ms: last_seen_ms.max(state.last_seen_ms),
+            };
+        }
+        self.set_meta(Meta::Producer(producer_id), offset);
+    }
+
+    /// A persistent send this shard already journaled (same producer, a
+    /// sequence not above its highest here): acknowledge it as a duplicate
+    /// once the original is committed, enqueue nothing. Returns whether it
+    /// was one.
+    fn answer_duplicate(&mut self, send: &SendCommand, out: &mut Vec<Output>) -> bool {
+        let Some(state) = self.producers.get(&send.producer_id) else {
+            return false;
+        };
+        if send.producer_id == 0 || !send.persistent || send.sequence > state.sequence {
+            return false;
+        }
+        let state = *state;
+        let Some(AfterDurable::Ack {
+            to,
+            producer_id,
+            sequence,
+            ..
+        }) = send.after
+        else {
+            return true;
+        };
+        let after = AfterDurable::Ack {
+            to,
+            producer_id,
+            sequence,
+            duplicate: true,
+        };
+        let id = match state.message {
+            Some(id) if state.sequence == sequence => id,
+            _ => MessageId(0),
+        };
+        if state.end <= self.durable {
+            self.emit_after(after, id, out);
+        } else if send.local_ack {
+            self.pending_local.push_back((state.end, after, id));
+        } else {
+            self.pending
+                .push_back((state.end, Some(after), id, send.destination.clone()));
+        }
+        true
     }
 
     fn ensure_in_memory(&mut self, destination: &Destination) {
@@ -785,6 +894,9 @@ impl Broker {
             ));
             return Ok(());
         }
+        if self.answer_duplicate(send, out) {
+            return Ok(());
+        }
         if !self.destinations.contains_key(&send.destination) {
             if !self.settings.auto_create && send.destination != self.settings.dead_letter {
                 if let Some(to) = ack_to {
@@ -816,10 +928,15 @@ impl Broker {
                 data: send.data.clone(),
             });
             let (offset, end) = store.append(&record)?;
-            (
-                MessageId::persistent(self.shard, offset),
-                Some((offset, end)),
-            )
+            let id = MessageId::persistent(self.shard, offset);
+            if send.producer_id != 0 {
+                self.note_producer(send.producer_id, send.sequence, Some(id), offset, now_ms);
+                self.producers
+                    .get_mut(&send.producer_id)
+                    .expect("just noted")
+                    .end = end;
+            }
+            (id, Some((offset, end)))
         } else {
             self.next_volatile += 1;
             (MessageId::volatile(self.shard, self.next_volatile), None)
@@ -1231,11 +1348,13 @@ impl Broker {
                 to,
                 producer_id,
                 sequence,
+                duplicate,
             } => out.push(Output::SendAck {
                 to,
                 producer_id,
                 sequence,
                 message: id,
+                duplicate,
             }),
             AfterDurable::SettleOriginal(original) => out.push(Output::ToShard {
                 shard: original.shard,
@@ -1302,11 +1421,14 @@ impl Broker {
         Handled::Done
     }
 
-    /// Re-appends destination and subscription records that are the oldest
-    /// record still needed and lie more than `distance` bytes behind `end`,
-    /// so that long-lived metadata does not pin old segments forever.
+    /// Re-appends destination, subscription and producer records that are
+    /// the oldest record still needed and lie more than `distance` bytes
+    /// behind `end`, so that long-lived metadata does not pin old segments
+    /// forever. A producer idle past `producer_idle_expiry_ms` is forgotten
+    /// instead of carried.
     pub fn carry_metadata_forward(
         &mut self,
+        now_ms: u64,
         end: Offset,
         distance: u64,
         store: &mut dyn Store,
@@ -1322,6 +1444,24 @@ impl Broker {
                     topic: t.clone(),
                     name: n.clone(),
                 },
+                &Meta::Producer(producer_id) => {
+                    let state = self.producers.get_mut(&producer_id).expect("producer meta");
+                    if state.last_seen_ms == 0 {
+                        state.last_seen_ms = now_ms;
+                    }
+                    if now_ms.saturating_sub(state.last_seen_ms)
+                        > self.settings.producer_idle_expiry_ms
+                    {
+                        self.producers.remove(&producer_id);
+                        self.clear_meta(&Meta::Producer(producer_id));
+                        continue;
+                    }
+                    BrokerRecord::ProducerCheckpoint {
+                        producer_id,
+                        sequence: state.sequence,
+                        last_seen_ms: state.last_seen_ms,
+                    }
+                }
             };
             let meta = meta.clone();
             match store.append(&record) {

@@ -45,6 +45,14 @@ pub enum BrokerRecord {
         topic: Destination,
         name: String,
     },
+    /// A producer's highest sequence on this shard and when it last sent
+    /// (Unix ms): duplicate detection for a producer whose message records
+    /// are gone with their segments.
+    ProducerCheckpoint {
+        producer_id: u64,
+        sequence: u64,
+        last_seen_ms: u64,
+    },
 }
 
 /// A broker record payload that does not parse.
@@ -64,6 +72,7 @@ impl BrokerRecord {
             BrokerRecord::DestinationDelete(_) => RecordKind::DestinationDelete,
             BrokerRecord::SubscriptionCreate { .. } => RecordKind::SubscriptionCreate,
             BrokerRecord::SubscriptionDelete { .. } => RecordKind::SubscriptionDelete,
+            BrokerRecord::ProducerCheckpoint { .. } => RecordKind::ProducerCheckpoint,
         }
     }
 
@@ -99,6 +108,15 @@ impl BrokerRecord {
             | BrokerRecord::SubscriptionDelete { topic, name } => {
                 put_str(out, topic.as_str());
                 put_str(out, name);
+            }
+            BrokerRecord::ProducerCheckpoint {
+                producer_id,
+                sequence,
+                last_seen_ms,
+            } => {
+                for value in [producer_id, sequence, last_seen_ms] {
+                    out.extend_from_slice(&value.to_le_bytes());
+                }
             }
         }
     }
@@ -147,6 +165,11 @@ impl BrokerRecord {
             RecordKind::SubscriptionDelete => BrokerRecord::SubscriptionDelete {
                 topic: r.destination()?,
                 name: r.str()?,
+            },
+            RecordKind::ProducerCheckpoint => BrokerRecord::ProducerCheckpoint {
+                producer_id: r.u64()?,
+                sequence: r.u64()?,
+                last_seen_ms: r.u64()?,
             },
             _ => return Ok(None),
         };
@@ -243,6 +266,11 @@ mod tests {
                 destination: queue.clone(),
                 subscription: None,
                 message: MessageId(43),
+            },
+            BrokerRecord::ProducerCheckpoint {
+                producer_id: u64::MAX,
+                sequence: 1 << 40,
+                last_seen_ms: 1_795_000_000_000,
             },
             BrokerRecord::DestinationCreate(queue.clone()),
             BrokerRecord::DestinationDelete(queue),

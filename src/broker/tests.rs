@@ -39,6 +39,7 @@ fn settings() -> BrokerSettings {
         max_deliveries: 3,
         dead_letter: "/queue/DLQ".parse().unwrap(),
         cache_bytes_max: 1 << 20,
+        producer_idle_expiry_ms: 60_000,
     }
 }
 
@@ -75,6 +76,7 @@ fn send(destination: &str, body: &str, persistent: bool, producer: u64, sequence
             to: conn(producer),
             producer_id: producer,
             sequence,
+            duplicate: false,
         }),
         local_ack: false,
     })
@@ -181,6 +183,7 @@ fn persistent_send_is_acknowledged_only_once_durable() {
         producer_id: 1,
         sequence: 1,
         message,
+        duplicate: false,
     };
     assert_eq!(after[0], ack);
     assert_eq!(
@@ -421,8 +424,9 @@ fn replaying_the_records_rebuilds_the_same_state() {
     w.run(subscribe(consumer(2, 1), "/queue/q", None, 2));
     let mut acked = Vec::new();
     for i in 0..6 {
-        w.run(send("/topic/t", &format!("t{i}"), true, 1, i));
-        let out = w.run(send("/queue/q", &format!("q{i}"), true, 1, 100 + i));
+        // One producer numbers its sends in order across destinations.
+        w.run(send("/topic/t", &format!("t{i}"), true, 1, 2 * i + 1));
+        let out = w.run(send("/queue/q", &format!("q{i}"), true, 1, 2 * i + 2));
         acked.extend(out.iter().filter_map(|o| match o {
             Output::Deliver { message, .. } => Some(*message),
             _ => None,
@@ -488,7 +492,8 @@ fn settled_messages_stop_pinning_the_journal_and_metadata_moves_forward() {
     assert_eq!(w.broker.release_point(), Some(Offset::ZERO));
     let end = Offset(w.store.end);
     assert_eq!(
-        w.broker.carry_metadata_forward(end, 0, &mut w.store),
+        w.broker
+            .carry_metadata_forward(w.now_ms, end, 0, &mut w.store),
         Handled::Done
     );
     let moved = w.broker.release_point().unwrap();
@@ -496,10 +501,162 @@ fn settled_messages_stop_pinning_the_journal_and_metadata_moves_forward() {
         moved > id.offset().unwrap(),
         "the create record was re-appended after the message"
     );
-    assert!(matches!(
-        w.store.records.last().unwrap().1,
-        BrokerRecord::DestinationCreate(_)
-    ));
+    let carried: Vec<_> = w
+        .store
+        .records
+        .iter()
+        .filter(|(offset, _)| *offset >= end)
+        .map(|(_, record)| record.clone())
+        .collect();
+    assert_eq!(
+        carried,
+        vec![
+            BrokerRecord::DestinationCreate(dest("/queue/q")),
+            BrokerRecord::ProducerCheckpoint {
+                producer_id: 1,
+                sequence: 1,
+                last_seen_ms: w.now_ms,
+            },
+        ],
+        "the destination and the producer's last sequence moved forward"
+    );
+}
+
+fn send_acks(outputs: &[Output]) -> Vec<(u64, MessageId, bool)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendAck {
+                sequence,
+                message,
+                duplicate,
+                ..
+            } => Some((*sequence, *message, *duplicate)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn depth(broker: &Broker, destination: &str) -> usize {
+    broker
+        .stats()
+        .into_iter()
+        .find(|s| s.destination == dest(destination))
+        .map_or(0, |s| s.depth)
+}
+
+#[test]
+fn replayed_sends_are_acknowledged_as_duplicates_and_enqueued_once() {
+    let mut w = World::new();
+    let first = send_acks(&w.run(send("/queue/a", "m1", true, 7, 1)));
+    let second = send_acks(&w.run(send("/queue/a", "m2", true, 7, 2)));
+    // The client lost the connection and replays both.
+    let replay: Vec<_> = [1, 2]
+        .into_iter()
+        .flat_map(|seq| send_acks(&w.run(send("/queue/a", "again", true, 7, seq))))
+        .collect();
+    assert_eq!(
+        replay,
+        vec![(1, MessageId(0), true), (2, second[0].1, true)],
+        "duplicates; the latest one names the original message"
+    );
+    assert!(!first[0].2 && !second[0].2);
+    assert_eq!(depth(&w.broker, "/queue/a"), 2, "nothing enqueued twice");
+    let next = send_acks(&w.run(send("/queue/a", "m3", true, 7, 3)));
+    assert!(!next[0].2, "the next sequence is new");
+    assert_eq!(depth(&w.broker, "/queue/a"), 3);
+    // Another producer's sequences are its own.
+    let other = send_acks(&w.run(send("/queue/a", "x", true, 8, 1)));
+    assert!(!other[0].2);
+    // Non-persistent sends are not deduplicated (nothing is journaled).
+    w.run(send("/queue/a", "v", false, 9, 1));
+    w.run(send("/queue/a", "v", false, 9, 1));
+    assert_eq!(depth(&w.broker, "/queue/a"), 6);
+}
+
+#[test]
+fn a_duplicate_is_acknowledged_only_once_its_original_is_committed() {
+    let mut w = World::new();
+    assert!(
+        w.run_undurable(send("/queue/a", "m", true, 7, 1))
+            .is_empty()
+    );
+    assert!(
+        w.run_undurable(send("/queue/a", "m", true, 7, 1))
+            .is_empty(),
+        "the original is not durable yet: neither is acknowledged"
+    );
+    let acks = send_acks(&w.durable());
+    assert_eq!(acks.len(), 2);
+    assert_eq!((acks[0].2, acks[1].2), (false, true));
+    assert_eq!(acks[0].1, acks[1].1);
+}
+
+#[test]
+fn duplicate_detection_survives_recovery_and_released_segments() {
+    let mut w = World::new();
+    w.run(subscribe(consumer(1, 1), "/queue/a", None, 10));
+    let out = w.run(send("/queue/a", "m", true, 7, 5));
+    let id = delivered_id(&out);
+    w.run(Command::Ack {
+        consumer: consumer(1, 1),
+        destination: dest("/queue/a"),
+        message: id,
+    });
+    let end = Offset(w.store.end);
+    w.broker
+        .carry_metadata_forward(w.now_ms, end, 0, &mut w.store);
+    let release = w.broker.release_point().expect("metadata is needed");
+    assert!(release >= end, "the message's segment may go: {release:?}");
+
+    // Recover from only what the journal keeps.
+    let mut rebuilt = Broker::new(ShardId(0), settings());
+    for (offset, record) in w.store.records.iter().filter(|(o, _)| *o >= release) {
+        rebuilt.replay(*offset, record.clone());
+    }
+    rebuilt.set_durable(Offset(w.store.end));
+    let mut out = Vec::new();
+    rebuilt
+        .handle(
+            w.now_ms,
+            &send("/queue/a", "m", true, 7, 5),
+            &mut w.store,
+            &mut out,
+        )
+        .eq(&Handled::Done)
+        .then_some(())
+        .expect("handled");
+    assert_eq!(send_acks(&out), vec![(5, MessageId(0), true)]);
+    assert_eq!(depth(&rebuilt, "/queue/a"), 0);
+}
+
+#[test]
+fn an_idle_producer_is_forgotten_after_the_expiry_not_before() {
+    let mut w = World::new();
+    w.run(subscribe(consumer(1, 1), "/queue/a", None, 10));
+    let out = w.run(send("/queue/a", "m", true, 7, 1));
+    w.run(Command::Ack {
+        consumer: consumer(1, 1),
+        destination: dest("/queue/a"),
+        message: delivered_id(&out),
+    });
+    let carry = |w: &mut World| {
+        let end = Offset(w.store.end);
+        w.broker
+            .carry_metadata_forward(w.now_ms, end, 0, &mut w.store);
+    };
+    w.now_ms += 60_000;
+    carry(&mut w);
+    assert!(
+        send_acks(&w.run(send("/queue/a", "m", true, 7, 1)))[0].2,
+        "within the expiry: still a duplicate"
+    );
+    w.now_ms += 60_001;
+    carry(&mut w);
+    assert!(
+        !send_acks(&w.run(send("/queue/a", "m", true, 7, 1)))[0].2,
+        "forgotten after the expiry"
+    );
 }
 
 #[test]

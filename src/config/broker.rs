@@ -21,6 +21,11 @@ pub const DEFAULT_PREFETCH_MAX: u32 = 65_535;
 /// fails more often is poison and would otherwise block its queue forever.
 pub const MAX_DELIVERIES_DEFAULT: u32 = 10;
 
+/// How long a producer may stay silent before the broker may forget its
+/// last sequence (and so stop recognising its replayed duplicates), by
+/// default: a week, longer than any client outbox waits to replay.
+pub const PRODUCER_IDLE_EXPIRY_S_DEFAULT: u64 = 7 * 24 * 3600;
+
 /// Dead-letter queue by default.
 pub const DEAD_LETTER_QUEUE_DEFAULT: &str = "/queue/DLQ";
 
@@ -38,6 +43,9 @@ pub struct BrokerConfig {
     pub max_deliveries: u32,
     /// Where such messages go; must be a `/queue/` destination.
     pub dead_letter_queue: String,
+    /// Seconds after a producer's last send when the broker may drop its
+    /// duplicate-detection state; at least 1.
+    pub producer_idle_expiry_s: u64,
 }
 
 impl Default for BrokerConfig {
@@ -47,6 +55,7 @@ impl Default for BrokerConfig {
             default_prefetch: DEFAULT_PREFETCH_DEFAULT,
             max_deliveries: MAX_DELIVERIES_DEFAULT,
             dead_letter_queue: DEAD_LETTER_QUEUE_DEFAULT.to_owned(),
+            producer_idle_expiry_s: PRODUCER_IDLE_EXPIRY_S_DEFAULT,
         }
     }
 }
@@ -62,6 +71,14 @@ impl BrokerConfig {
                     "{} is outside 1..={DEFAULT_PREFETCH_MAX}",
                     self.default_prefetch
                 ),
+            );
+        }
+        if self.producer_idle_expiry_s == 0 {
+            return invalid(
+                "producer_idle_expiry_s",
+                "0 would forget every producer at once, so a replayed send could be \
+                 enqueued twice: use at least 1"
+                    .into(),
             );
         }
         let queue: Destination = match self.dead_letter_queue.parse() {

@@ -46,6 +46,7 @@ fn minimal_profile_gets_the_defaults() {
                 auto_create: true,
                 default_prefetch: 256,
                 max_deliveries: 10,
+                producer_idle_expiry_s: 7 * 24 * 3600,
                 dead_letter_queue: "/queue/DLQ".to_owned(),
             },
             ha: None,
@@ -189,6 +190,11 @@ fn invalid_values_name_the_key_and_why() {
             "[broker]\ndead_letter_queue = \"/topic/DLQ\"",
             "broker.dead_letter_queue",
             "/topic/DLQ is a topic",
+        ),
+        (
+            "[broker]\nproducer_idle_expiry_s = 0",
+            "broker.producer_idle_expiry_s",
+            "use at least 1",
         ),
         (
             "[broker]\ndead_letter_queue = \"DLQ\"",

@@ -54,6 +54,9 @@ pub enum RecordKind {
     SubscriptionCreate = 8,
     /// A durable topic subscription removed.
     SubscriptionDelete = 9,
+    /// A producer's last sequence on this shard, carried forward so that
+    /// duplicate detection outlives the segments of its messages.
+    ProducerCheckpoint = 10,
 }
 
 impl RecordKind {
@@ -68,6 +71,7 @@ impl RecordKind {
             7 => RecordKind::DestinationDelete,
             8 => RecordKind::SubscriptionCreate,
             9 => RecordKind::SubscriptionDelete,
+            10 => RecordKind::ProducerCheckpoint,
             _ => return None,
         })
     }

@@ -84,6 +84,7 @@ fn broker_settings(profile: &Profile, shards: usize) -> BrokerSettings {
             .parse()
             .expect("validated by the profile"),
         cache_bytes_max: MESSAGE_CACHE_BYTES / shards,
+        producer_idle_expiry_ms: profile.broker.producer_idle_expiry_s.saturating_mul(1000),
     }
 }
 

@@ -137,13 +137,14 @@ impl Conn {
                 producer_id,
                 sequence,
                 message,
+                duplicate,
                 ..
             } => Frame::SendAck(protocol::SendAck {
                 producer_id,
                 sequence,
                 epoch: epoch.get(),
                 message_id: message.0,
-                duplicate: false,
+                duplicate,
             }),
             Output::Deliver {
                 to,
@@ -370,6 +371,7 @@ impl Conn {
                         to: self.id,
                         producer_id: send.producer_id,
                         sequence: send.sequence,
+                        duplicate: false,
                     }),
                     local_ack: match send.ack_mode {
                         protocol::AckMode::Local => true,

@@ -860,7 +860,7 @@ impl Shard {
         let distance = self.config.segment_bytes * METADATA_CARRY_SEGMENTS;
         let (mut store, broker, outputs) = self.store();
         broker.tick(now_ms(), &mut store, outputs);
-        broker.carry_metadata_forward(end, distance, &mut store);
+        broker.carry_metadata_forward(now_ms(), end, distance, &mut store);
         self.route_outputs();
     }
 
