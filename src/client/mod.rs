@@ -5,8 +5,11 @@
 //!
 //! A connection has a reader thread that decodes frames and files them under
 //! the producer, subscription or request they answer; callers block on a
-//! condition variable with a deadline. The durable connection of a later
-//! issue (failover, outbox, replay) wraps this type rather than replacing it.
+//! condition variable with a deadline. The durable connection (`durable`:
+//! failover, outbox, replay, exactly-once publish) wraps this type rather
+//! than replacing it.
+
+pub mod durable;
 
 use crate::net::SocketOptions;
 use crate::protocol::{self, ErrorCode, Frame, Limits};
@@ -34,6 +37,14 @@ pub enum ClientError {
     Connect { addrs: String, last: String },
     #[error("server refused: {code} ({text})")]
     Refused { code: ErrorCode, text: String },
+    #[error("{server} is not the active server (the active is {active:?})")]
+    NotActive { server: SocketAddr, active: String },
+    #[error("acknowledgement of epoch {got} after epoch {newest} was seen: the server was deposed")]
+    StaleEpoch { got: u64, newest: u64 },
+    #[error("gave up reconnecting after {after:?}: {last}")]
+    GaveUp { after: Duration, last: String },
+    #[error("outbox full: no acknowledgement within {0:?}")]
+    OutboxFull(Duration),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("connection lost: {0}")]
@@ -101,6 +112,8 @@ pub struct SendAck {
     pub epoch: u64,
     pub message_id: u64,
     pub duplicate: bool,
+    /// When the client read it off the connection.
+    pub received_at: Instant,
 }
 
 /// A message delivered to a subscription.
@@ -199,9 +212,9 @@ impl Client {
                 });
             }
             Frame::NotActive(not_active) => {
-                return Err(ClientError::Refused {
-                    code: ErrorCode::NotServing,
-                    text: format!("server is not active; active is {:?}", not_active.active),
+                return Err(ClientError::NotActive {
+                    server: addr,
+                    active: not_active.active,
                 });
             }
             other => {
@@ -282,6 +295,54 @@ impl Client {
                 .expect("client state lock")
                 .0;
         }
+    }
+
+    /// Takes every answer (ack or refusal) to `producer`'s sends that has
+    /// arrived; refusals name only a sequence, so `mine` says which are
+    /// this producer's.
+    fn take_answers(
+        &self,
+        producer: u64,
+        mut mine: impl FnMut(u64) -> bool,
+    ) -> Vec<(u64, Result<SendAck, ClientError>)> {
+        let mut state = self.state();
+        let acked: Vec<(u64, u64)> = state
+            .acks
+            .keys()
+            .filter(|(p, _)| *p == producer)
+            .copied()
+            .collect();
+        let refused: Vec<u64> = state
+            .send_errors
+            .keys()
+            .copied()
+            .filter(|s| mine(*s))
+            .collect();
+        let mut answers: Vec<_> = acked
+            .into_iter()
+            .filter_map(|key| state.acks.remove(&key).map(|r| (key.1, r)))
+            .collect();
+        answers.extend(
+            refused
+                .into_iter()
+                .filter_map(|s| state.send_errors.remove(&s).map(|e| (s, Err(e)))),
+        );
+        answers
+    }
+
+    /// Waits until an answer to one of `producer`'s sends is there (or a
+    /// refusal of one of `mine`), the connection is lost, or `timeout`.
+    fn wait_answer(
+        &self,
+        producer: u64,
+        timeout: Duration,
+        mut mine: impl FnMut(u64) -> bool,
+    ) -> Result<(), ClientError> {
+        self.wait(timeout, |state| {
+            (state.acks.keys().any(|(p, _)| *p == producer)
+                || state.send_errors.keys().any(|s| mine(*s)))
+            .then_some(())
+        })
     }
 
     fn request(&self, make: impl FnOnce(u64) -> Frame) -> Result<(), ClientError> {
@@ -596,6 +657,7 @@ fn read_loop(mut reader: FrameReader, inner: std::sync::Weak<Inner>) {
         match frame {
             Ok(Frame::SendAck(ack)) => {
                 let done = SendAck {
+                    received_at: Instant::now(),
                     sequence: ack.sequence,
                     epoch: ack.epoch,
                     message_id: ack.message_id,
