@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use twinmq::bench;
-use twinmq::client::{Client, ClientOptions, ProducerOptions};
+use twinmq::client::ProducerOptions;
+use twinmq::client::durable::{Counters, DurableConnection, DurableOptions};
 use twinmq::journal::Durability;
 
 /// The local pair's client ports, primary then secondary.
@@ -354,8 +355,9 @@ fn send(
     count: u64,
     options: ProducerOptions,
 ) -> Result<(), String> {
-    let client = Client::connect(url, ClientOptions::default()).map_err(|e| e.to_string())?;
-    let mut producer = client.producer(options);
+    let connection =
+        DurableConnection::connect(url, DurableOptions::default()).map_err(|e| e.to_string())?;
+    let mut producer = connection.producer(options);
     let started = Instant::now();
     for n in 1..=count {
         let payload = match (&body, size) {
@@ -367,13 +369,41 @@ fn send(
             .send(destination, Vec::new(), payload)
             .map_err(|e| format!("send {n}: {e}"))?;
     }
-    producer.flush().map_err(|e| e.to_string())?;
+    producer
+        .flush(SEND_FLUSH_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let failed = producer.take_failed();
+    if let Some((sequence, error)) = failed.first() {
+        return Err(format!(
+            "{} of {count} send(s) refused; the first, message {sequence}: {error}",
+            failed.len()
+        ));
+    }
     eprintln!(
-        "sent {count} message(s) to {destination} on {} (all acknowledged) in {:.3} s",
-        client.server_addr(),
-        started.elapsed().as_secs_f64()
+        "sent {count} message(s) to {destination} on {} (all acknowledged) in {:.3} s{}",
+        connection
+            .server()
+            .map_or_else(|| "?".to_owned(), |s| s.to_string()),
+        started.elapsed().as_secs_f64(),
+        failover_note(connection.counters())
     );
     Ok(())
+}
+
+/// How long `twinmq send` waits for its last acknowledgements (failovers
+/// included) before it gives up.
+const SEND_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the durable connection rode through, if anything.
+fn failover_note(c: Counters) -> String {
+    if c.reconnects == 0 {
+        return String::new();
+    }
+    format!(
+        "; {} reconnect(s), {} send(s) replayed ({} already stored), {} redelivery(ies) of \
+         acknowledged messages dropped",
+        c.reconnects, c.replayed, c.duplicates, c.acked_redeliveries
+    )
 }
 
 fn receive(
@@ -385,8 +415,9 @@ fn receive(
     prefetch: u32,
 ) -> Result<(), String> {
     use std::io::Write;
-    let client = Client::connect(url, ClientOptions::default()).map_err(|e| e.to_string())?;
-    let subscription = client
+    let connection =
+        DurableConnection::connect(url, DurableOptions::default()).map_err(|e| e.to_string())?;
+    let mut subscription = connection
         .subscribe(destination, durable, prefetch)
         .map_err(|e| e.to_string())?;
     let wait = if timeout_ms == 0 {
@@ -410,8 +441,11 @@ fn receive(
         }
     }
     // A round trip makes sure the server has taken the last acknowledgement.
-    client.ping().map_err(|e| e.to_string())?;
-    eprintln!("received {received} message(s) from {destination}");
+    subscription.ping().map_err(|e| e.to_string())?;
+    eprintln!(
+        "received {received} message(s) from {destination}{}",
+        failover_note(connection.counters())
+    );
     Ok(())
 }
 

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use twinmq::client::ProducerOptions;
 use twinmq::client::durable::{DurableConnection, DurableOptions, ReconnectPolicy};
-use twinmq::client::{Client, ClientOptions, ProducerOptions};
 use twinmq::protocol::AckMode;
 
 const QUEUES: [&str; 4] = ["/queue/c0", "/queue/c1", "/queue/c2", "/queue/c3"];
@@ -155,47 +155,99 @@ fn produce(p: usize, url: &str, stop: &AtomicBool, acked: &AtomicUsize) -> Produ
     log
 }
 
-/// Receives every message of every queue from the active server `i`.
-fn drain(pair: &Pair, i: usize) -> Vec<String> {
-    let client = Client::connect(&pair.url(i), ClientOptions::default()).expect("connect");
-    let mut bodies = Vec::new();
-    for queue in QUEUES {
-        let depth = || {
-            pair.status(i)
-                .expect("status")
-                .destinations
-                .iter()
-                .find(|d| d.destination == queue)
-                .map_or(0, |d| d.depth)
-        };
-        let subscription = client.subscribe(queue, None, 256).expect("subscribe");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        // The depth in status is published periodically: receive until a
-        // quiet moment coincides with status saying nothing is left.
-        loop {
-            match subscription
-                .receive(Duration::from_millis(100))
-                .expect("receive")
-            {
-                Some(delivery) => {
-                    bodies.push(String::from_utf8_lossy(&delivery.body).into_owned());
-                    subscription.ack(&delivery).expect("ack");
-                }
-                None => {
-                    client.ping().expect("ping");
-                    if depth() == 0 {
-                        break;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{queue} not drained: {} left",
-                depth()
-            );
-        }
+/// One delivery a consumer handed to the application.
+#[derive(Debug, Clone)]
+struct Received {
+    tag: String,
+    message_id: u64,
+    delivery_count: u32,
+}
+
+/// Consumers on durable subscriptions, one per queue, acknowledging each
+/// delivery; each returns what it received.
+struct Consumers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Received>>>,
+}
+
+impl Consumers {
+    fn start(url: &str) -> Consumers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = QUEUES
+            .iter()
+            .enumerate()
+            .map(|(c, queue)| {
+                let (url, stop) = (url.to_owned(), stop.clone());
+                std::thread::spawn(move || consume(c, &url, queue, &stop))
+            })
+            .collect();
+        Consumers { stop, threads }
     }
-    bodies
+
+    fn finish(self) -> Vec<Received> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("consumer thread"))
+            .collect()
+    }
+}
+
+fn consume(c: usize, url: &str, queue: &str, stop: &AtomicBool) -> Vec<Received> {
+    let connection = DurableConnection::connect(
+        url,
+        DurableOptions {
+            seed: 100 + c as u64,
+            reconnect: ReconnectPolicy {
+                give_up_after: READY_TIMEOUT,
+                ..ReconnectPolicy::default()
+            },
+            ..DurableOptions::default()
+        },
+    )
+    .expect("connect");
+    let mut subscription = connection.subscribe(queue, None, 64).expect("subscribe");
+    let mut received = Vec::new();
+    let mut acked = std::collections::HashSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(delivery) = subscription
+            .receive(Duration::from_millis(50))
+            .unwrap_or_else(|e| panic!("consumer {c}: {e}"))
+        else {
+            continue;
+        };
+        assert!(
+            !acked.contains(&delivery.message_id),
+            "consumer {c}: message {} came again after it was acknowledged",
+            delivery.message_id
+        );
+        received.push(Received {
+            tag: String::from_utf8_lossy(&delivery.body).into_owned(),
+            message_id: delivery.message_id,
+            delivery_count: delivery.delivery_count,
+        });
+        subscription
+            .ack(&delivery)
+            .unwrap_or_else(|e| panic!("consumer {c}: ack: {e}"));
+        acked.insert(delivery.message_id);
+    }
+    subscription
+        .ping()
+        .expect("the last acknowledgements reach the server");
+    received
+}
+
+/// Waits until every queue on server `i` is empty (status publishes depth
+/// periodically, acknowledged deliveries included).
+fn wait_drained(pair: &Pair, i: usize) {
+    wait_until(READY_TIMEOUT, "every queue to be empty", || {
+        pair.status(i).is_some_and(|s| {
+            s.destinations
+                .iter()
+                .filter(|d| QUEUES.contains(&d.destination.as_str()))
+                .all(|d| d.depth == 0)
+        })
+    });
 }
 
 /// The serving server once the other one is a passive of it.
@@ -228,6 +280,7 @@ fn chaos(mut pair: Pair, replicated: bool) {
     pair.start(1);
     let mut active = wait_paired(&pair, replicated);
     let url = format!("twinmq://{},{}", pair.nodes[0].client, pair.nodes[1].client);
+    let consumers = Consumers::start(&url);
     let producers = Producers::start(url);
     let mut kills = Vec::new();
     for _ in 0..failovers() {
@@ -245,31 +298,36 @@ fn chaos(mut pair: Pair, replicated: bool) {
     }
     producers.wait_acked(producers.acked() + ACKS_BETWEEN_KILLS);
     let logs = producers.finish();
-    let delivered = drain(&pair, active);
+    wait_drained(&pair, active);
+    let delivered = consumers.finish();
 
-    // The checker.
+    // The checker. A tag under two message ids was enqueued twice; one id
+    // delivered twice is a redelivery of a message not yet acknowledged
+    // (the consumers assert that an acknowledged one never comes again).
     let attempted: usize = logs.iter().map(|l| l.attempted.len()).sum();
     let acked: Vec<&str> = logs
         .iter()
         .flat_map(|l| l.acked.iter().map(|(_, t)| t.as_str()))
         .collect();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for body in &delivered {
-        *counts.entry(body.as_str()).or_default() += 1;
+    let mut ids: HashMap<&str, std::collections::BTreeSet<u64>> = HashMap::new();
+    for r in &delivered {
+        ids.entry(r.tag.as_str()).or_default().insert(r.message_id);
     }
-    let lost: Vec<&&str> = acked.iter().filter(|t| !counts.contains_key(**t)).collect();
-    let duplicated: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let redelivered = delivered.iter().filter(|r| r.delivery_count > 1).count();
+    let lost: Vec<&&str> = acked.iter().filter(|t| !ids.contains_key(**t)).collect();
+    let duplicated: Vec<_> = ids.iter().filter(|(_, set)| set.len() > 1).collect();
     let duplicate_acks: u64 = logs.iter().map(|l| l.duplicates).sum();
     let replayed: u64 = logs.iter().map(|l| l.replayed).sum();
     let reconnects: u64 = logs.iter().map(|l| l.reconnects).sum();
     eprintln!(
-        "checker ({} mode, {} failovers): attempted {attempted}, acknowledged {}, delivered {}, \
-         lost {}, duplicated {}; client replays {replayed}, duplicate acks {duplicate_acks}, \
-         reconnects {reconnects}",
+        "checker ({} mode, {} failovers): attempted {attempted}, acknowledged {}, delivered {} \
+         ({} distinct, {redelivered} redeliveries), lost {}, duplicated {}; client replays \
+         {replayed}, duplicate acks {duplicate_acks}, producer reconnects {reconnects}",
         if replicated { "replicated" } else { "shared" },
         kills.len(),
         acked.len(),
         delivered.len(),
+        ids.len(),
         lost.len(),
         duplicated.len(),
     );
@@ -280,11 +338,7 @@ fn chaos(mut pair: Pair, replicated: bool) {
         attempted,
         "every send acknowledged after the flush"
     );
-    assert_eq!(
-        delivered.len(),
-        attempted,
-        "nothing unacknowledged was enqueued"
-    );
+    assert_eq!(ids.len(), attempted, "every send delivered");
     assert!(
         reconnects >= (PRODUCERS * kills.len()) as u64,
         "every producer reconnected after every kill: {reconnects}"
@@ -326,4 +380,99 @@ fn replicated_pair_killed_repeatedly_loses_and_duplicates_nothing_acknowledged()
 #[test]
 fn shared_pair_killed_repeatedly_loses_and_duplicates_nothing_acknowledged() {
     chaos(Pair::new(), false);
+}
+
+/// `twinmq send` and `twinmq receive` ride through a kill of the active:
+/// every message sent once, received once.
+#[test]
+fn command_line_send_and_receive_carry_on_through_a_failover() {
+    const COUNT: usize = 2000;
+    const QUEUE: &str = "/queue/cli";
+    let mut pair = Pair::replicated();
+    pair.start(0);
+    pair.start(1);
+    let active = wait_paired(&pair, true);
+    let url = format!("twinmq://{},{}", pair.nodes[0].client, pair.nodes[1].client);
+    let depth = |pair: &Pair, i: usize| {
+        pair.status(i).map_or(0, |s| {
+            s.destinations
+                .iter()
+                .find(|d| d.destination == QUEUE)
+                .map_or(0, |d| d.depth)
+        })
+    };
+    let run = |args: &[&str], out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twinmq"))
+            .args(args)
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let finish = |mut child: std::process::Child, out: &std::path::Path, what: &str| {
+        let mut status = None;
+        wait_until(READY_TIMEOUT * 2, what, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let err = std::fs::read_to_string(out.with_extension("err")).unwrap();
+        assert!(status.unwrap().success(), "{what} failed:\n{err}");
+        err
+    };
+
+    let sent_log = pair.dir.path().join("send.out");
+    let count = COUNT.to_string();
+    let sender = run(
+        &[
+            "send", QUEUE, "m{n}", "--count", &count, "--window", "16", "--url", &url,
+        ],
+        &sent_log,
+    );
+    wait_until(READY_TIMEOUT, "the first sends to be stored", || {
+        depth(&pair, active) >= COUNT / 4
+    });
+    pair.kill(active);
+    let report = finish(sender, &sent_log, "twinmq send");
+    assert!(report.contains("all acknowledged"), "{report}");
+    assert!(
+        report.contains("reconnect"),
+        "it rode through a failover: {report}"
+    );
+    let survivor = 1 - active;
+    pair.start(active);
+    assert_eq!(wait_paired(&pair, true), survivor);
+
+    let received_log = pair.dir.path().join("receive.out");
+    let receiver = run(
+        &[
+            "receive",
+            QUEUE,
+            "--count",
+            &count,
+            "--prefetch",
+            "16",
+            "--url",
+            &url,
+        ],
+        &received_log,
+    );
+    wait_until(READY_TIMEOUT, "the first messages to be received", || {
+        std::fs::read_to_string(&received_log).map_or(0, |s| s.lines().count()) >= COUNT / 4
+    });
+    pair.kill(survivor);
+    let report = finish(receiver, &received_log, "twinmq receive");
+    assert!(
+        report.contains("reconnect"),
+        "it rode through a failover: {report}"
+    );
+    let lines = std::fs::read_to_string(&received_log).unwrap();
+    let mut bodies: Vec<&str> = lines.lines().collect();
+    assert_eq!(bodies.len(), COUNT, "received exactly the count:\n{report}");
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(bodies.len(), COUNT, "no message received twice");
+    let expected: std::collections::BTreeSet<String> =
+        (1..=COUNT).map(|n| format!("m{n}")).collect();
+    let got: std::collections::BTreeSet<String> = bodies.iter().map(|s| s.to_string()).collect();
+    assert_eq!(got, expected, "each message sent once, received once");
 }

@@ -24,15 +24,24 @@
 //! comes from a deposed server and is refused (the connection is dropped and
 //! the send replayed to the server that is active now).
 //!
+//! A subscription is made again on every new connection. What was
+//! delivered and not acknowledged comes again (its delivery count raised);
+//! a message this consumer acknowledged whose settlement a failover took
+//! back comes again too, and is acknowledged again without reaching the
+//! application (ids are journal offsets, the same on both servers; the ids
+//! acknowledged within `ack_memory` are remembered).
+//!
 //! Time in the reconnect policy is an input and its jitter comes from a
 //! seeded RNG, so it is tested with simulated time.
 
-use super::{Client, ClientError, ClientOptions, ProducerOptions, SendAck, parse_url};
+use super::{
+    Client, ClientError, ClientOptions, Delivery, ProducerOptions, SendAck, Subscription, parse_url,
+};
 use crate::protocol::{self, ErrorCode, Frame};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -193,6 +202,10 @@ pub struct Counters {
     pub duplicates: u64,
     /// Acknowledgements refused for an epoch older than the newest seen.
     pub stale_acks: u64,
+    /// Redeliveries of messages this consumer had acknowledged (the
+    /// settlement lost in a failover), acknowledged again and not handed
+    /// to the application.
+    pub acked_redeliveries: u64,
 }
 
 /// Settings of a durable connection.
@@ -205,6 +218,9 @@ pub struct DurableOptions {
     /// How long `send` waits for room in a full outbox before failing with
     /// `OutboxFull`.
     pub outbox_full_timeout: Duration,
+    /// How long a subscription remembers the ids it acknowledged, to drop
+    /// their redelivery after a failover lost the settlement.
+    pub ack_memory: Duration,
     pub on_event: Option<EventHook>,
 }
 
@@ -215,6 +231,7 @@ impl Default for DurableOptions {
             reconnect: ReconnectPolicy::default(),
             seed: super::random_id(),
             outbox_full_timeout: Duration::from_secs(30),
+            ack_memory: Duration::from_secs(300),
             on_event: None,
         }
     }
@@ -227,6 +244,7 @@ impl std::fmt::Debug for DurableOptions {
             .field("reconnect", &self.reconnect)
             .field("seed", &self.seed)
             .field("outbox_full_timeout", &self.outbox_full_timeout)
+            .field("ack_memory", &self.ack_memory)
             .field("on_event", &self.on_event.is_some())
             .finish()
     }
@@ -298,6 +316,27 @@ impl DurableConnection {
         }
     }
 
+    /// A subscription made again on every new connection (`durable`: a
+    /// named durable topic subscription; `prefetch` 0 takes the server's
+    /// default).
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        durable: Option<&str>,
+        prefetch: u32,
+    ) -> Result<DurableSubscription, ClientError> {
+        let mut subscription = DurableSubscription {
+            connection: self.clone(),
+            destination: destination.to_owned(),
+            durable_name: durable.map(str::to_owned),
+            prefetch,
+            current: None,
+            acked: AckedIds::default(),
+        };
+        subscription.run(|_, _| Ok(()))?;
+        Ok(subscription)
+    }
+
     pub fn counters(&self) -> Counters {
         *self.counters_mut()
     }
@@ -321,7 +360,11 @@ impl DurableConnection {
     }
 
     fn emit(&self, event: ConnectionEvent) {
-        tracing::info!(?event, "durable connection");
+        match &event {
+            ConnectionEvent::Connected { .. } => tracing::debug!(?event, "durable connection"),
+            ConnectionEvent::GaveUp { .. } => tracing::warn!(?event, "durable connection"),
+            _ => tracing::info!(?event, "durable connection"),
+        }
         if let Some(hook) = &self.shared.options.on_event {
             hook(&event);
         }
@@ -668,6 +711,149 @@ impl DurableProducer {
     }
 }
 
+/// Message ids a consumer acknowledged, oldest first, for `ack_memory`.
+#[derive(Debug, Default)]
+struct AckedIds {
+    order: VecDeque<(Instant, u64)>,
+    ids: HashSet<u64>,
+}
+
+impl AckedIds {
+    fn insert(&mut self, now: Instant, id: u64, memory: Duration) {
+        while let Some(&(at, old)) = self.order.front() {
+            if now.saturating_duration_since(at) <= memory {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&old);
+        }
+        if self.ids.insert(id) {
+            self.order.push_back((now, id));
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+}
+
+/// A subscription that outlives connections: made again on each new one.
+#[derive(Debug)]
+pub struct DurableSubscription {
+    connection: DurableConnection,
+    destination: String,
+    durable_name: Option<String>,
+    prefetch: u32,
+    /// The subscription on the connection of this generation.
+    current: Option<(u64, Subscription)>,
+    acked: AckedIds,
+}
+
+impl DurableSubscription {
+    /// The next delivery, or `None` if none came within `timeout` (a
+    /// failover in between is ridden through).
+    pub fn receive(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let connection = self.connection.clone();
+        self.run(|acked, subscription| {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Some(delivery) = subscription.receive(left)? else {
+                    return Ok(None);
+                };
+                if acked.contains(delivery.message_id) {
+                    subscription.ack(&delivery)?;
+                    connection.counters_mut().acked_redeliveries += 1;
+                    continue;
+                }
+                return Ok(Some(delivery));
+            }
+        })
+    }
+
+    /// Settles a delivery. If the connection is lost before the settlement
+    /// is safe, the message comes again on the next connection and is
+    /// acknowledged then, without reaching the application.
+    pub fn ack(&mut self, delivery: &Delivery) -> Result<(), ClientError> {
+        let memory = self.connection.shared.options.ack_memory;
+        self.acked
+            .insert(Instant::now(), delivery.message_id, memory);
+        match &self.current {
+            Some((_, subscription)) => match subscription.ack(delivery) {
+                Err(error) if connection_lost(&error) => {
+                    self.current = None;
+                    Ok(())
+                }
+                other => other,
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Gives a delivery back for redelivery (lost with the connection
+    /// anyway if it is gone).
+    pub fn nack(&mut self, delivery: &Delivery) -> Result<(), ClientError> {
+        match &self.current {
+            Some((_, subscription)) => match subscription.nack(delivery) {
+                Err(error) if connection_lost(&error) => {
+                    self.current = None;
+                    Ok(())
+                }
+                other => other,
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// A round trip to the server in use: what was sent before (acks) has
+    /// reached it.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.run(|_, subscription| subscription.client.ping())
+    }
+
+    /// Runs `op` on this generation's subscription, subscribing first on a
+    /// new connection; a lost connection is replaced and `op` run again.
+    fn run<T>(
+        &mut self,
+        mut op: impl FnMut(&mut AckedIds, &Subscription) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let (mut client, mut generation) = self.connection.current()?;
+        loop {
+            let attempt = self.subscribe_on(&client, generation).and_then(|()| {
+                let (_, subscription) = self.current.as_ref().expect("just subscribed");
+                op(&mut self.acked, subscription)
+            });
+            match attempt {
+                Err(error) if connection_lost(&error) => {
+                    self.current = None;
+                    (client, generation) = self
+                        .connection
+                        .recover(generation, Some(&error.to_string()))?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn subscribe_on(&mut self, client: &Client, generation: u64) -> Result<(), ClientError> {
+        if self.current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            return Ok(());
+        }
+        // A subscription whose connection was lost but not yet replaced is
+        // noticed here: make the connection over.
+        if let Some(why) = client.state().lost.clone() {
+            return Err(ClientError::Closed(why));
+        }
+        let subscription = client.subscribe(
+            &self.destination,
+            self.durable_name.as_deref(),
+            self.prefetch,
+        )?;
+        self.current = Some((generation, subscription));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,6 +948,19 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(entry(2));
         outbox.push(entry(1));
+    }
+
+    #[test]
+    fn acked_ids_are_remembered_for_the_ack_memory_only() {
+        let start = Instant::now();
+        let memory = Duration::from_secs(10);
+        let mut acked = AckedIds::default();
+        acked.insert(start, 1, memory);
+        acked.insert(start + Duration::from_secs(5), 2, memory);
+        assert!(acked.contains(1) && acked.contains(2));
+        acked.insert(start + Duration::from_secs(11), 3, memory);
+        assert!(!acked.contains(1), "older than the memory: forgotten");
+        assert!(acked.contains(2) && acked.contains(3));
     }
 
     #[test]
