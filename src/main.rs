@@ -69,6 +69,12 @@ enum Command {
         /// `replicated` (the passive's flush too), or the server's default.
         #[arg(long, value_parser = ["default", "local", "replicated"], default_value = "default")]
         ack_mode: String,
+        /// Keep unacknowledged sends in this file too: a run killed before
+        /// its sends were acknowledged leaves them there, and the next run
+        /// with the same file sends them first (same producer, same
+        /// numbering: nothing lost, nothing enqueued twice).
+        #[arg(long)]
+        outbox: Option<PathBuf>,
     },
     /// Receive (and acknowledge) messages; prints one body per line.
     Receive {
@@ -216,6 +222,7 @@ fn main() -> ExitCode {
             ttl_ms,
             window,
             ack_mode,
+            outbox,
         } => {
             let options = ProducerOptions {
                 window,
@@ -228,7 +235,14 @@ fn main() -> ExitCode {
                     _ => twinmq::protocol::AckMode::Default,
                 },
             };
-            send(&url, &destination, body, size, count, options)
+            send(
+                &url,
+                &destination,
+                (body, size),
+                count,
+                options,
+                outbox.as_deref(),
+            )
         }
         Command::Receive {
             destination,
@@ -347,19 +361,36 @@ fn gateway(listen: std::net::SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// Sends `count` messages (bodies: the text with `{n}` replaced by the
+/// send's sequence number, or `size` bytes), after what `outbox` still holds.
 fn send(
     url: &str,
     destination: &str,
-    body: Option<String>,
-    size: Option<usize>,
+    (body, size): (Option<String>, Option<usize>),
     count: u64,
     options: ProducerOptions,
+    outbox: Option<&std::path::Path>,
 ) -> Result<(), String> {
     let connection =
         DurableConnection::connect(url, DurableOptions::default()).map_err(|e| e.to_string())?;
-    let mut producer = connection.producer(options);
+    let mut producer = match outbox {
+        Some(path) => connection
+            .producer_with_outbox(options, path)
+            .map_err(|e| e.to_string())?,
+        None => connection.producer(options),
+    };
+    let resumed = producer.outstanding();
+    if resumed > 0 {
+        eprintln!(
+            "resuming {resumed} unacknowledged send(s) from the outbox (producer {:x}, up to \
+             message {})",
+            producer.id(),
+            producer.next_sequence() - 1
+        );
+    }
     let started = Instant::now();
-    for n in 1..=count {
+    for _ in 0..count {
+        let n = producer.next_sequence();
         let payload = match (&body, size) {
             (_, Some(size)) => Bytes::from(vec![b'x'; size]),
             (Some(body), None) => Bytes::from(body.replace("{n}", &n.to_string())),
@@ -380,7 +411,12 @@ fn send(
         ));
     }
     eprintln!(
-        "sent {count} message(s) to {destination} on {} (all acknowledged) in {:.3} s{}",
+        "sent {count} message(s){} to {destination} on {} (all acknowledged) in {:.3} s{}",
+        if resumed > 0 {
+            format!(" and {resumed} resumed from the outbox")
+        } else {
+            String::new()
+        },
         connection
             .server()
             .map_or_else(|| "?".to_owned(), |s| s.to_string()),

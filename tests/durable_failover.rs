@@ -237,6 +237,19 @@ fn consume(c: usize, url: &str, queue: &str, stop: &AtomicBool) -> Vec<Received>
     received
 }
 
+/// Waits until `queue` on server `i` is empty: nothing beyond what was
+/// received.
+fn wait_drained_queue(pair: &Pair, i: usize, queue: &str) {
+    wait_until(READY_TIMEOUT, &format!("{queue} to be empty"), || {
+        pair.status(i).is_some_and(|s| {
+            s.destinations
+                .iter()
+                .filter(|d| d.destination == queue)
+                .all(|d| d.depth == 0)
+        })
+    });
+}
+
 /// Waits until every queue on server `i` is empty (status publishes depth
 /// periodically, acknowledged deliveries included).
 fn wait_drained(pair: &Pair, i: usize) {
@@ -475,4 +488,98 @@ fn command_line_send_and_receive_carry_on_through_a_failover() {
         (1..=COUNT).map(|n| format!("m{n}")).collect();
     let got: std::collections::BTreeSet<String> = bodies.iter().map(|s| s.to_string()).collect();
     assert_eq!(got, expected, "each message sent once, received once");
+}
+
+/// A client killed in the middle of a failover, with its outbox in a
+/// file: the next run sends what was pending, and in the end every message
+/// the first run accepted is on the queue exactly once.
+#[test]
+fn client_restarted_with_a_file_outbox_mid_failover_loses_and_duplicates_nothing() {
+    const QUEUE: &str = "/queue/outbox";
+    let mut pair = Pair::replicated();
+    pair.start(0);
+    pair.start(1);
+    let active = wait_paired(&pair, true);
+    let url = format!("twinmq://{},{}", pair.nodes[0].client, pair.nodes[1].client);
+    let outbox = pair.dir.path().join("producer.outbox");
+    let outbox_arg = outbox.to_string_lossy().into_owned();
+    let dir = pair.dir.path().to_owned();
+    let send = |count: &str, log: &str| {
+        let log = dir.join(log);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_twinmq"))
+            .args([
+                "send",
+                QUEUE,
+                "m{n}",
+                "--count",
+                count,
+                "--window",
+                "64",
+                "--outbox",
+                &outbox_arg,
+                "--url",
+                &url,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    let (mut first, _) = send("1000000", "send-1.err");
+    wait_until(READY_TIMEOUT, "the first sends to be stored", || {
+        pair.status(active).is_some_and(|s| {
+            s.destinations
+                .iter()
+                .any(|d| d.destination == QUEUE && d.depth >= 500)
+        })
+    });
+    // The server and the client die together.
+    pair.kill(active);
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let (mut second, log) = send("0", "send-2.err");
+    let mut status = None;
+    wait_until(READY_TIMEOUT * 2, "the second run to finish", || {
+        status = second.try_wait().unwrap();
+        status.is_some()
+    });
+    let report = std::fs::read_to_string(&log).unwrap();
+    assert!(status.unwrap().success(), "second run failed:\n{report}");
+    eprintln!("second run: {}", report.trim());
+    let last: usize = report
+        .split("up to message ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the second run resumed pending sends:\n{report}"));
+
+    let survivor = 1 - active;
+    let connection =
+        DurableConnection::connect(&pair.url(survivor), DurableOptions::default()).unwrap();
+    let mut subscription = connection.subscribe(QUEUE, None, 256).unwrap();
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while bodies.len() < last {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {last} messages received",
+            bodies.len()
+        );
+        if let Some(delivery) = subscription.receive(Duration::from_millis(100)).unwrap() {
+            bodies.push(String::from_utf8_lossy(&delivery.body).into_owned());
+            subscription.ack(&delivery).unwrap();
+        }
+    }
+    subscription.ping().unwrap();
+    wait_drained_queue(&pair, survivor, QUEUE);
+    let received = bodies.len();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), received, "nothing enqueued twice");
+    let expected: std::collections::BTreeSet<String> =
+        (1..=last).map(|n| format!("m{n}")).collect();
+    let got: std::collections::BTreeSet<String> = bodies.into_iter().collect();
+    assert_eq!(got, expected);
 }

@@ -34,6 +34,7 @@
 //! Time in the reconnect policy is an input and its jitter comes from a
 //! seeded RNG, so it is tested with simulated time.
 
+use super::outbox_file::OutboxFile;
 use super::{
     Client, ClientError, ClientOptions, Delivery, ProducerOptions, SendAck, Subscription, parse_url,
 };
@@ -309,11 +310,38 @@ impl DurableConnection {
             next_sequence: 1,
             options,
             outbox: Outbox::default(),
+            file: None,
             generation: 0,
             written_upto: 0,
             acked: Vec::new(),
             failed: Vec::new(),
         }
+    }
+
+    /// A producer whose outbox is also kept in the file at `path`, so that
+    /// a restart of the client loses nothing: the file keeps the producer's
+    /// id and numbering, and the sends it holds are replayed first
+    /// (`options.producer_id` names a new file's producer only).
+    pub fn producer_with_outbox(
+        &self,
+        options: ProducerOptions,
+        path: &std::path::Path,
+    ) -> Result<DurableProducer, ClientError> {
+        let id = options.producer_id.unwrap_or_else(super::random_id);
+        let (file, loaded) = OutboxFile::open(path, id)?;
+        if loaded.torn_bytes > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = loaded.torn_bytes,
+                "outbox: cut a torn last record (a send never accepted)"
+            );
+        }
+        let mut producer = self.producer(options);
+        producer.id = loaded.producer_id;
+        producer.next_sequence = loaded.next_sequence;
+        producer.outbox = loaded.pending;
+        producer.file = Some(file);
+        Ok(producer)
     }
 
     /// A subscription made again on every new connection (`durable`: a
@@ -511,6 +539,8 @@ pub struct DurableProducer {
     next_sequence: u64,
     options: ProducerOptions,
     outbox: Outbox,
+    /// The outbox's copy on disk, when it has one.
+    file: Option<OutboxFile>,
     /// The connection generation the outbox was written on, and the highest
     /// sequence written on it.
     generation: u64,
@@ -522,6 +552,11 @@ pub struct DurableProducer {
 impl DurableProducer {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The sequence the next send gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
     }
 
     /// Sends not acknowledged yet.
@@ -549,13 +584,19 @@ impl DurableProducer {
                 })?;
         }
         let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        self.outbox.push(OutboxEntry {
+        let entry = OutboxEntry {
             sequence,
             destination: destination.to_owned(),
             headers,
             body,
-        });
+        };
+        // On disk before anything else: once `send` returns, a crash of
+        // this process loses nothing.
+        if let Some(file) = &mut self.file {
+            file.append_send(&entry)?;
+        }
+        self.next_sequence += 1;
+        self.outbox.push(entry);
         self.run(|p, client| p.absorb(client))?;
         Ok(sequence)
     }
@@ -651,7 +692,7 @@ impl DurableProducer {
                         continue;
                     }
                     self.connection.note_epoch(ack.epoch);
-                    if self.outbox.remove(sequence).is_some() {
+                    if self.answered(sequence)? {
                         if ack.duplicate {
                             self.connection.counters_mut().duplicates += 1;
                         }
@@ -660,13 +701,28 @@ impl DurableProducer {
                 }
                 Err(error) if connection_lost(&error) => lost = Some(error),
                 Err(error) => {
-                    if self.outbox.remove(sequence).is_some() {
+                    if self.answered(sequence)? {
                         self.failed.push((sequence, error));
                     }
                 }
             }
         }
+        if let Some(file) = &mut self.file {
+            file.compact_if_large(self.id, self.next_sequence, &self.outbox)?;
+        }
         lost.map_or(Ok(()), Err)
+    }
+
+    /// Takes an answered send out of the outbox (and says so in its file);
+    /// whether it was there.
+    fn answered(&mut self, sequence: u64) -> Result<bool, ClientError> {
+        if self.outbox.remove(sequence).is_none() {
+            return Ok(false);
+        }
+        if let Some(file) = &mut self.file {
+            file.append_answered(sequence)?;
+        }
+        Ok(true)
     }
 
     /// Takes answers until `done` holds or `deadline` passes (`Timeout`).

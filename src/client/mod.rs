@@ -10,6 +10,7 @@
 //! than replacing it.
 
 pub mod durable;
+pub mod outbox_file;
 
 use crate::net::SocketOptions;
 use crate::protocol::{self, ErrorCode, Frame, Limits};
@@ -45,6 +46,8 @@ pub enum ClientError {
     GaveUp { after: Duration, last: String },
     #[error("outbox full: no acknowledgement within {0:?}")]
     OutboxFull(Duration),
+    #[error(transparent)]
+    OutboxFile(#[from] outbox_file::OutboxFileError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("connection lost: {0}")]
