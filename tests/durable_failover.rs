@@ -583,3 +583,40 @@ fn client_restarted_with_a_file_outbox_mid_failover_loses_and_duplicates_nothing
     let got: std::collections::BTreeSet<String> = bodies.into_iter().collect();
     assert_eq!(got, expected);
 }
+
+/// A delivery not acknowledged when the active dies comes again from the
+/// new active, with its delivery count raised.
+#[test]
+fn an_unacknowledged_delivery_comes_again_after_failover_with_a_raised_count() {
+    let mut pair = Pair::replicated();
+    pair.start(0);
+    pair.start(1);
+    let active = wait_paired(&pair, true);
+    let url = format!("twinmq://{},{}", pair.nodes[0].client, pair.nodes[1].client);
+    let connection = DurableConnection::connect(&url, DurableOptions::default()).unwrap();
+    let mut producer = connection.producer(ProducerOptions::default());
+    producer
+        .send("/queue/redeliver", Vec::new(), Bytes::from_static(b"once"))
+        .unwrap();
+    producer.flush(READY_TIMEOUT).unwrap();
+    let mut subscription = connection.subscribe("/queue/redeliver", None, 1).unwrap();
+    let first = subscription
+        .receive(READY_TIMEOUT)
+        .unwrap()
+        .expect("delivered");
+    assert_eq!(first.delivery_count, 1);
+    pair.kill(active);
+    let again = subscription
+        .receive(READY_TIMEOUT)
+        .unwrap()
+        .expect("delivered again by the new active");
+    assert_eq!(again.message_id, first.message_id, "the same message");
+    assert_eq!(again.body, first.body);
+    assert!(
+        again.delivery_count >= 2,
+        "count raised: {}",
+        again.delivery_count
+    );
+    subscription.ack(&again).unwrap();
+    assert!(connection.counters().reconnects >= 1);
+}

@@ -364,6 +364,10 @@ pub struct Broker {
     /// The journal is durable below this; persistent messages at or past it
     /// are not delivered yet (a crash could still take them back).
     durable: Offset,
+    /// Where this server's serving epoch began: a message stored before it
+    /// may have been delivered under an earlier activation (before a crash
+    /// or a failover), so its first delivery here counts as a redelivery.
+    activated_at: Offset,
     next_volatile: u64,
     cached_bytes: usize,
 }
@@ -385,6 +389,7 @@ impl Broker {
             next_volatile: 0,
             cached_bytes: 0,
             durable: Offset::ZERO,
+            activated_at: Offset::ZERO,
         }
     }
 
@@ -1272,6 +1277,13 @@ impl Broker {
                 return Ok(());
             };
             queue.next_consumer = (pick + 1) % n;
+            // Deliveries are not journaled: one stored under an earlier
+            // activation may have reached a consumer then.
+            let count = if count == 0 && id.offset().is_some_and(|o| o < self.activated_at) {
+                1
+            } else {
+                count
+            };
             let data = self.message_data(id, store)?;
             let queue = self.queue_mut(destination, slot).expect("queue");
             let consumer = &mut queue.consumers[pick];
@@ -1402,6 +1414,11 @@ impl Broker {
             }
         }
         ready
+    }
+
+    /// This server serves from the epoch that began at `offset`.
+    pub fn set_activated_at(&mut self, offset: Offset) {
+        self.activated_at = offset;
     }
 
     /// Marks everything below `durable` as on disk (recovery: the whole

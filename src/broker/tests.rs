@@ -733,3 +733,21 @@ fn standalone_refuse_turns_away_replicated_sends_but_takes_local_ones() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_message_stored_before_this_activation_is_first_delivered_as_a_redelivery() {
+    let mut w = World::new();
+    w.run(send("/queue/a", "before", true, 1, 1));
+    let activated = Offset(w.store.end);
+    w.broker.set_activated_at(activated);
+    w.run(send("/queue/a", "after", true, 1, 2));
+    let out = w.run(subscribe(consumer(1, 1), "/queue/a", None, 10));
+    assert_eq!(
+        deliveries(&out),
+        vec![
+            (consumer(1, 1), "before".into(), 2),
+            (consumer(1, 1), "after".into(), 1)
+        ],
+        "the first may have been delivered before a crash or failover"
+    );
+}

@@ -311,7 +311,8 @@ impl DurableConnection {
             options,
             outbox: Outbox::default(),
             file: None,
-            generation: 0,
+            // Sends on the connection it starts on are not replays.
+            generation: self.current_mut().generation,
             written_upto: 0,
             acked: Vec::new(),
             failed: Vec::new(),
@@ -341,6 +342,8 @@ impl DurableConnection {
         producer.next_sequence = loaded.next_sequence;
         producer.outbox = loaded.pending;
         producer.file = Some(file);
+        // What the file holds was sent by an earlier run: a replay.
+        producer.generation = 0;
         Ok(producer)
     }
 

@@ -38,7 +38,7 @@ pub enum ClientError {
     Connect { addrs: String, last: String },
     #[error("server refused: {code} ({text})")]
     Refused { code: ErrorCode, text: String },
-    #[error("{server} is not the active server (the active is {active:?})")]
+    #[error("{server} is not active (the active server is {active:?})")]
     NotActive { server: SocketAddr, active: String },
     #[error("acknowledgement of epoch {got} after epoch {newest} was seen: the server was deposed")]
     StaleEpoch { got: u64, newest: u64 },

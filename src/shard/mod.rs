@@ -396,6 +396,7 @@ impl Shard {
                 .sync(&mut self.ring)
                 .map_err(|source| ShardError::Journal { shard, source })?;
             self.epoch = epoch;
+            self.note_activation();
         }
         self.broker.set_durable(self.journal.durable_offset());
         self.committed = self.journal.durable_offset();
@@ -495,7 +496,16 @@ impl Shard {
         // The commit point moves (and what waited on it is released) in
         // `advance_commit`, under the role the control thread sets next.
         self.broker.set_durable(durable);
+        self.note_activation();
         let _ = done.send(Ok(()));
+    }
+
+    /// Tells the broker where the epoch it serves began (the journal's
+    /// newest epoch start).
+    fn note_activation(&mut self) {
+        if let Some(&(_, start)) = self.journal.epoch_starts().last() {
+            self.broker.set_activated_at(start);
+        }
     }
 
     /// Rebuilds the broker from the journal (everything in it is durable).

@@ -1,0 +1,257 @@
+//! The durable connection against scripted fake servers on loopback: an
+//! acknowledgement from an older epoch than the newest seen is refused, a
+//! NOT_ACTIVE redirect is followed, the send is replayed to the server
+//! that is active now, and the application sees it all as events and
+//! counters.
+
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use twinmq::client::ProducerOptions;
+use twinmq::client::durable::{ConnectionEvent, DurableConnection, DurableOptions};
+use twinmq::protocol::{self, Frame, Limits};
+
+/// What a fake server does on one connection, after the handshake.
+#[derive(Clone, Copy)]
+enum Script {
+    /// WELCOME in `epoch`, then acknowledge every SEND in `ack_epoch`.
+    Serve { epoch: u64, ack_epoch: u64 },
+    /// NOT_ACTIVE naming this address.
+    Redirect(SocketAddr),
+    /// WELCOME, then never acknowledge anything.
+    Silent,
+}
+
+fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
+    loop {
+        if let Some((frame, used)) = protocol::decode(buf, &Limits::default()).unwrap() {
+            buf.drain(..used);
+            return Some(frame);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn write_frame(stream: &mut TcpStream, frame: Frame) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    frame.encode(&mut out).unwrap();
+    stream.write_all(&out)
+}
+
+/// A fake server running `scripts` on its successive connections (the
+/// last one again for any later connection).
+fn fake_server(name: &'static str, scripts: Vec<Script>) -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let n = {
+                let mut count = seen.lock().unwrap();
+                *count += 1;
+                *count
+            };
+            let script = scripts[(n - 1).min(scripts.len() - 1)];
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let Some(Frame::Hello(_)) = read_frame(&mut stream, &mut buf) else {
+                    return;
+                };
+                match script {
+                    Script::Redirect(active) => {
+                        let _ = write_frame(
+                            &mut stream,
+                            Frame::NotActive(protocol::NotActive {
+                                active: active.to_string(),
+                            }),
+                        );
+                    }
+                    Script::Silent => {
+                        let welcome = Frame::Welcome(protocol::Welcome {
+                            version: protocol::PROTOCOL_VERSION,
+                            server_id: name.into(),
+                            epoch: 1,
+                            frame_bytes_max: Limits::default().frame_bytes_max,
+                        });
+                        if write_frame(&mut stream, welcome).is_ok() {
+                            while read_frame(&mut stream, &mut buf).is_some() {}
+                        }
+                    }
+                    Script::Serve { epoch, ack_epoch } => {
+                        let welcome = Frame::Welcome(protocol::Welcome {
+                            version: protocol::PROTOCOL_VERSION,
+                            server_id: name.into(),
+                            epoch,
+                            frame_bytes_max: Limits::default().frame_bytes_max,
+                        });
+                        if write_frame(&mut stream, welcome).is_err() {
+                            return;
+                        }
+                        while let Some(frame) = read_frame(&mut stream, &mut buf) {
+                            if let Frame::Send(send) = frame {
+                                let ack = Frame::SendAck(protocol::SendAck {
+                                    producer_id: send.producer_id,
+                                    sequence: send.sequence,
+                                    epoch: ack_epoch,
+                                    message_id: 1,
+                                    duplicate: false,
+                                });
+                                if write_frame(&mut stream, ack).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_redirect() {
+    let (b, _) = fake_server(
+        "b",
+        vec![Script::Serve {
+            epoch: 5,
+            ack_epoch: 5,
+        }],
+    );
+    // A takes the first connection in epoch 5 but acknowledges in epoch 4
+    // (a deposed server's ack); afterwards it redirects to B.
+    let (a, a_connections) = fake_server(
+        "a",
+        vec![
+            Script::Serve {
+                epoch: 5,
+                ack_epoch: 4,
+            },
+            Script::Redirect(b),
+        ],
+    );
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let connection = DurableConnection::connect(
+        &format!("twinmq://{a},{b}"),
+        DurableOptions {
+            seed: 1,
+            on_event: Some(Arc::new(move |e: &ConnectionEvent| {
+                seen.lock().unwrap().push(e.clone())
+            })),
+            ..DurableOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(connection.server(), Some(a));
+    let mut producer = connection.producer(ProducerOptions::default());
+    producer
+        .send("/queue/q", Vec::new(), Bytes::from_static(b"hello"))
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let acked = producer.take_acked();
+    assert_eq!(acked.len(), 1);
+    assert_eq!(acked[0].1.epoch, 5, "only the current epoch's ack counts");
+    assert_eq!(connection.server(), Some(b), "redirected to the active");
+    assert_eq!(*a_connections.lock().unwrap(), 2, "A was tried again first");
+    let counters = connection.counters();
+    assert_eq!(
+        (counters.stale_acks, counters.reconnects, counters.replayed),
+        (1, 1, 1)
+    );
+    let events = events.lock().unwrap();
+    assert!(
+        matches!(&events[0], ConnectionEvent::Connected { server, epoch: 5, .. } if *server == a),
+        "{events:?}"
+    );
+    assert!(
+        matches!(&events[1], ConnectionEvent::FailingOver { from, reason } if *from == a && reason.contains("epoch 4")),
+        "{events:?}"
+    );
+    assert!(
+        matches!(&events[2], ConnectionEvent::Reconnected { server, .. } if *server == b),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn gives_up_after_the_configured_time_when_no_server_serves() {
+    // A port nobody listens on: bind, note it, close.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let error = DurableConnection::connect(
+        &format!("twinmq://{dead}"),
+        DurableOptions {
+            reconnect: twinmq::client::durable::ReconnectPolicy {
+                give_up_after: Duration::from_millis(300),
+                ..Default::default()
+            },
+            on_event: Some(Arc::new(move |e: &ConnectionEvent| {
+                seen.lock().unwrap().push(e.clone())
+            })),
+            ..DurableOptions::default()
+        },
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.starts_with("gave up reconnecting after"), "{text}");
+    assert!(
+        text.contains(&dead.to_string()),
+        "names the last failure: {text}"
+    );
+    assert!(
+        matches!(
+            events.lock().unwrap().as_slice(),
+            [ConnectionEvent::GaveUp { .. }]
+        ),
+        "{:?}",
+        events.lock().unwrap()
+    );
+}
+
+#[test]
+fn a_full_outbox_blocks_the_sender_then_fails_clearly_and_drops_nothing() {
+    let (silent, _) = fake_server("silent", vec![Script::Silent]);
+    let connection = DurableConnection::connect(
+        &format!("twinmq://{silent}"),
+        DurableOptions {
+            outbox_full_timeout: Duration::from_millis(200),
+            ..DurableOptions::default()
+        },
+    )
+    .unwrap();
+    let mut producer = connection.producer(ProducerOptions {
+        window: 2,
+        ..ProducerOptions::default()
+    });
+    for body in [&b"one"[..], b"two"] {
+        producer
+            .send("/queue/q", Vec::new(), Bytes::from_static(body))
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let error = producer
+        .send("/queue/q", Vec::new(), Bytes::from_static(b"three"))
+        .unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
+    assert!(error.to_string().starts_with("outbox full"), "{error}");
+    assert_eq!(producer.outstanding(), 2, "the two sends are kept");
+    assert_eq!(
+        producer.next_sequence(),
+        3,
+        "the refused one took no number"
+    );
+}
