@@ -476,8 +476,10 @@ fn receive(
             None => break,
         }
     }
-    // A round trip makes sure the server has taken the last acknowledgement.
-    subscription.ping().map_err(|e| e.to_string())?;
+    // Every acknowledgement confirmed committed: none can come back.
+    subscription
+        .settle(SEND_FLUSH_TIMEOUT)
+        .map_err(|e| format!("confirming the acknowledgements: {e}"))?;
     eprintln!(
         "received {received} message(s) from {destination}{}",
         failover_note(connection.counters())

@@ -232,8 +232,8 @@ fn consume(c: usize, url: &str, queue: &str, stop: &AtomicBool) -> Vec<Received>
         acked.insert(delivery.message_id);
     }
     subscription
-        .ping()
-        .expect("the last acknowledgements reach the server");
+        .settle(READY_TIMEOUT)
+        .expect("every acknowledgement confirmed");
     received
 }
 

@@ -86,6 +86,8 @@ pub enum AfterDurable {
     },
     /// A dead-lettered copy is safe: settle the original on its shard.
     SettleOriginal(SettleOriginal),
+    /// A consumer's settlement is committed: answer its request.
+    Confirm { to: ConnId, request_id: u64 },
 }
 
 /// Identifies a message held back on its queue while its dead-letter copy
@@ -135,6 +137,8 @@ pub enum Command {
         consumer: ConsumerKey,
         destination: Destination,
         message: MessageId,
+        /// Answer with OK(request id) once the settlement is committed.
+        confirm: Option<u64>,
     },
     Nack {
         consumer: ConsumerKey,
@@ -753,7 +757,22 @@ impl Broker {
                 consumer,
                 destination,
                 message,
-            } => self.settle_delivery(now_ms, destination, *consumer, *message, store, out),
+                confirm,
+            } => {
+                let confirm = confirm.map(|request_id| AfterDurable::Confirm {
+                    to: consumer.conn,
+                    request_id,
+                });
+                self.settle_delivery(
+                    now_ms,
+                    destination,
+                    *consumer,
+                    *message,
+                    confirm,
+                    store,
+                    out,
+                )
+            }
             Command::Nack {
                 consumer,
                 destination,
@@ -1046,6 +1065,15 @@ impl Broker {
         }
     }
 
+    fn queue_ref(&self, destination: &Destination, slot: &Slot) -> Option<&MessageQueue> {
+        match (self.destinations.get(destination)?, slot) {
+            (Dest::Queue(q), Slot::Queue) => Some(q),
+            (Dest::Topic(t), Slot::Durable(name)) => t.durable.get(name),
+            (Dest::Topic(t), Slot::Volatile(key)) => t.volatile.get(key),
+            _ => None,
+        }
+    }
+
     fn queue_mut(&mut self, destination: &Destination, slot: &Slot) -> Option<&mut MessageQueue> {
         match (self.destinations.get_mut(destination)?, slot) {
             (Dest::Queue(q), Slot::Queue) => Some(q),
@@ -1146,34 +1174,65 @@ impl Broker {
         Some(count)
     }
 
+    /// Settles a delivery; `confirm` is emitted once that is committed
+    /// (at once when nothing is journaled or nothing is held).
+    ///
+    /// A confirmed ACK settles the message wherever it is on the consumer's
+    /// queue — ready, or delivered to another consumer — not only when
+    /// delivered to this one: it is how a client that processed a message
+    /// before a failover settles it on the new active (message ids are
+    /// journal offsets, the same on both servers), where it is ready again.
+    #[allow(clippy::too_many_arguments)]
     fn settle_delivery(
         &mut self,
         now_ms: u64,
         destination: &Destination,
         consumer: ConsumerKey,
         message: MessageId,
+        confirm: Option<AfterDurable>,
         store: &mut dyn Store,
         out: &mut Vec<Output>,
     ) -> Result<(), StoreError> {
-        let Some(slot) = self.slot_of(destination, consumer) else {
+        let found = self.slot_of(destination, consumer).and_then(|slot| {
+            let queue = self.queue_ref(destination, &slot)?;
+            let owner = match queue.in_flight.get(&message) {
+                Some(&(owner, _)) if owner == consumer || confirm.is_some() => Some(owner),
+                Some(_) => return None,
+                None if confirm.is_some() && queue.ready.contains_key(&message) => None,
+                None => return None,
+            };
+            Some((slot, owner))
+        });
+        let Some((slot, owner)) = found else {
+            if let Some(confirm) = confirm {
+                self.emit_after(confirm, message, out);
+            }
             return Ok(());
         };
-        let held = self.queue_mut(destination, &slot).is_some_and(|q| {
-            q.in_flight
-                .get(&message)
-                .is_some_and(|(owner, _)| *owner == consumer)
-        });
-        if !held {
-            return Ok(());
-        }
         if slot.is_durable() && message.offset().is_some() {
-            store.append(&BrokerRecord::Settle {
+            let (_, end) = store.append(&BrokerRecord::Settle {
                 destination: destination.clone(),
                 subscription: slot.name(),
                 message,
             })?;
+            if let Some(confirm) = confirm {
+                self.pending
+                    .push_back((end, Some(confirm), message, destination.clone()));
+            }
+        } else if let Some(confirm) = confirm {
+            self.emit_after(confirm, message, out);
         }
-        self.take_delivery(destination, &slot, consumer, message);
+        match owner {
+            Some(owner) => {
+                self.take_delivery(destination, &slot, owner, message);
+            }
+            None => {
+                self.queue_mut(destination, &slot)
+                    .expect("found")
+                    .ready
+                    .remove(&message);
+            }
+        }
         self.release_ref(message, slot.is_durable());
         self.dispatch(now_ms, destination, &slot, store, out)
     }
@@ -1372,6 +1431,7 @@ impl Broker {
                 shard: original.shard,
                 command: Command::SettleDeadLettered(original),
             }),
+            AfterDurable::Confirm { to, request_id } => out.push(Output::Ok { to, request_id }),
         }
     }
 
@@ -1576,7 +1636,12 @@ impl Command {
                 after: Some(AfterDurable::Ack { to, sequence, .. }),
                 ..
             }) => Some((*to, *sequence)),
-            Command::Subscribe {
+            Command::Ack {
+                consumer,
+                confirm: Some(request_id),
+                ..
+            }
+            | Command::Subscribe {
                 consumer,
                 request_id,
                 ..

@@ -238,6 +238,7 @@ fn queue_consumers_compete_round_robin_within_their_prefetch() {
         consumer: consumer(1, 1),
         destination: dest("/queue/a"),
         message: first,
+        confirm: None,
     });
     assert_eq!(deliveries(&out), vec![(consumer(1, 1), "m2".into(), 1)]);
     assert!(
@@ -437,6 +438,7 @@ fn replaying_the_records_rebuilds_the_same_state() {
             consumer: consumer(2, 1),
             destination: dest("/queue/q"),
             message: *id,
+            confirm: None,
         });
     }
     w.run(Command::Create {
@@ -488,6 +490,7 @@ fn settled_messages_stop_pinning_the_journal_and_metadata_moves_forward() {
         consumer: consumer(1, 1),
         destination: dest("/queue/q"),
         message: id,
+        confirm: None,
     });
     assert_eq!(w.broker.release_point(), Some(Offset::ZERO));
     let end = Offset(w.store.end);
@@ -602,6 +605,7 @@ fn duplicate_detection_survives_recovery_and_released_segments() {
         consumer: consumer(1, 1),
         destination: dest("/queue/a"),
         message: id,
+        confirm: None,
     });
     let end = Offset(w.store.end);
     w.broker
@@ -639,6 +643,7 @@ fn an_idle_producer_is_forgotten_after_the_expiry_not_before() {
         consumer: consumer(1, 1),
         destination: dest("/queue/a"),
         message: delivered_id(&out),
+        confirm: None,
     });
     let carry = |w: &mut World| {
         let end = Offset(w.store.end);
@@ -750,4 +755,79 @@ fn a_message_stored_before_this_activation_is_first_delivered_as_a_redelivery() 
         ],
         "the first may have been delivered before a crash or failover"
     );
+}
+
+#[test]
+fn a_confirmed_ack_is_answered_once_the_settlement_is_committed() {
+    let mut w = World::new();
+    w.run(subscribe(consumer(1, 1), "/queue/a", None, 10));
+    let id = delivered_id(&w.run(send("/queue/a", "m", true, 1, 1)));
+    let ack = |message| Command::Ack {
+        consumer: consumer(1, 1),
+        destination: dest("/queue/a"),
+        message,
+        confirm: Some(77),
+    };
+    assert!(
+        w.run_undurable(ack(id)).is_empty(),
+        "not before the settle record is committed"
+    );
+    assert!(matches!(
+        w.store.records.last().unwrap().1,
+        BrokerRecord::Settle { .. }
+    ));
+    assert_eq!(
+        w.durable(),
+        vec![Output::Ok {
+            to: conn(1),
+            request_id: 77
+        }]
+    );
+    // Acknowledged again (a redelivery after a failover, say): nothing is
+    // held any more, so the answer comes at once.
+    assert_eq!(
+        w.run_undurable(ack(id)),
+        vec![Output::Ok {
+            to: conn(1),
+            request_id: 77
+        }]
+    );
+}
+
+#[test]
+fn a_confirmed_ack_settles_a_message_that_is_ready_again_a_plain_one_does_not() {
+    let mut w = World::new();
+    w.run(subscribe(consumer(1, 1), "/queue/a", None, 1));
+    let first = delivered_id(&w.run(send("/queue/a", "m0", true, 1, 1)));
+    // No credit left: m1 stays ready (as on a new active after a failover,
+    // before the redelivery reaches the consumer that processed it).
+    w.run(send("/queue/a", "m1", true, 1, 2));
+    let (ready, _) = w.store.records.last().cloned().unwrap();
+    let ready = MessageId::persistent(ShardId(0), ready);
+    let ack = |message, confirm| Command::Ack {
+        consumer: consumer(1, 1),
+        destination: dest("/queue/a"),
+        message,
+        confirm,
+    };
+    assert!(w.run(ack(ready, None)).is_empty());
+    assert_eq!(
+        depth(&w.broker, "/queue/a"),
+        2,
+        "a plain ack of it changes nothing"
+    );
+    assert_eq!(
+        w.run(ack(ready, Some(5))),
+        vec![Output::Ok {
+            to: conn(1),
+            request_id: 5
+        }]
+    );
+    assert!(matches!(
+        &w.store.records.last().unwrap().1,
+        BrokerRecord::Settle { message, .. } if *message == ready
+    ));
+    assert_eq!(depth(&w.broker, "/queue/a"), 1, "settled where it was");
+    w.run(ack(first, None));
+    assert_eq!(depth(&w.broker, "/queue/a"), 0);
 }

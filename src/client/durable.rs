@@ -25,11 +25,12 @@
 //! the send replayed to the server that is active now).
 //!
 //! A subscription is made again on every new connection. What was
-//! delivered and not acknowledged comes again (its delivery count raised);
-//! a message this consumer acknowledged whose settlement a failover took
-//! back comes again too, and is acknowledged again without reaching the
-//! application (ids are journal offsets, the same on both servers; the ids
-//! acknowledged within `ack_memory` are remembered).
+//! delivered and not acknowledged comes again (its delivery count raised).
+//! Acknowledgements ask the server to confirm once the settlement is
+//! committed; until then the message id is remembered, and if a failover
+//! takes the settlement back the redelivery is acknowledged again without
+//! reaching the application (ids are journal offsets, the same on both
+//! servers). An unconfirmed id is forgotten after `ack_memory`.
 //!
 //! Time in the reconnect policy is an input and its jitter comes from a
 //! seeded RNG, so it is tested with simulated time.
@@ -42,7 +43,7 @@ use crate::protocol::{self, ErrorCode, Frame};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -219,8 +220,9 @@ pub struct DurableOptions {
     /// How long `send` waits for room in a full outbox before failing with
     /// `OutboxFull`.
     pub outbox_full_timeout: Duration,
-    /// How long a subscription remembers the ids it acknowledged, to drop
-    /// their redelivery after a failover lost the settlement.
+    /// How long a subscription remembers an acknowledged id whose
+    /// settlement the server has not confirmed (to drop its redelivery
+    /// after a failover lost the settlement).
     pub ack_memory: Duration,
     pub on_event: Option<EventHook>,
 }
@@ -363,6 +365,7 @@ impl DurableConnection {
             prefetch,
             current: None,
             acked: AckedIds::default(),
+            unconfirmed: HashMap::new(),
         };
         subscription.run(|_, _| Ok(()))?;
         Ok(subscription)
@@ -770,11 +773,14 @@ impl DurableProducer {
     }
 }
 
-/// Message ids a consumer acknowledged, oldest first, for `ack_memory`.
+/// Message ids a consumer acknowledged and the server has not confirmed
+/// settled yet, each for `ack_memory` at most.
 #[derive(Debug, Default)]
 struct AckedIds {
+    at: HashMap<u64, Instant>,
+    /// Insertion order, for expiry; entries whose id was confirmed (or
+    /// acknowledged again later) are skipped.
     order: VecDeque<(Instant, u64)>,
-    ids: HashSet<u64>,
 }
 
 impl AckedIds {
@@ -784,15 +790,28 @@ impl AckedIds {
                 break;
             }
             self.order.pop_front();
-            self.ids.remove(&old);
+            if self.at.get(&old) == Some(&at) {
+                self.at.remove(&old);
+            }
         }
-        if self.ids.insert(id) {
-            self.order.push_back((now, id));
-        }
+        self.at.insert(id, now);
+        self.order.push_back((now, id));
+    }
+
+    fn confirmed(&mut self, id: u64) {
+        self.at.remove(&id);
     }
 
     fn contains(&self, id: u64) -> bool {
-        self.ids.contains(&id)
+        self.at.contains_key(&id)
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.at.keys().copied().collect()
+    }
+
+    fn len(&self) -> usize {
+        self.at.len()
     }
 }
 
@@ -806,6 +825,8 @@ pub struct DurableSubscription {
     /// The subscription on the connection of this generation.
     current: Option<(u64, Subscription)>,
     acked: AckedIds,
+    /// Confirmations awaited on this generation: request id → message id.
+    unconfirmed: HashMap<u64, u64>,
 }
 
 impl DurableSubscription {
@@ -814,14 +835,16 @@ impl DurableSubscription {
     pub fn receive(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
         let deadline = Instant::now() + timeout;
         let connection = self.connection.clone();
-        self.run(|acked, subscription| {
+        self.run(|s, subscription| {
             loop {
+                s.take_confirmations(subscription);
                 let left = deadline.saturating_duration_since(Instant::now());
                 let Some(delivery) = subscription.receive(left)? else {
                     return Ok(None);
                 };
-                if acked.contains(delivery.message_id) {
-                    subscription.ack(&delivery)?;
+                if s.acked.contains(delivery.message_id) {
+                    let request = subscription.ack_confirmed(delivery.message_id)?;
+                    s.unconfirmed.insert(request, delivery.message_id);
                     connection.counters_mut().acked_redeliveries += 1;
                     continue;
                 }
@@ -830,22 +853,55 @@ impl DurableSubscription {
         })
     }
 
-    /// Settles a delivery. If the connection is lost before the settlement
-    /// is safe, the message comes again on the next connection and is
-    /// acknowledged then, without reaching the application.
+    /// Settles a delivery. Until the server confirms the settlement is
+    /// committed, the id is remembered: if the connection is lost first,
+    /// the message comes again on the next connection and is acknowledged
+    /// then, without reaching the application.
     pub fn ack(&mut self, delivery: &Delivery) -> Result<(), ClientError> {
         let memory = self.connection.shared.options.ack_memory;
         self.acked
             .insert(Instant::now(), delivery.message_id, memory);
-        match &self.current {
-            Some((_, subscription)) => match subscription.ack(delivery) {
-                Err(error) if connection_lost(&error) => {
-                    self.current = None;
-                    Ok(())
+        match self.current.take() {
+            Some((generation, subscription)) => {
+                match subscription.ack_confirmed(delivery.message_id) {
+                    Ok(request) => {
+                        self.unconfirmed.insert(request, delivery.message_id);
+                        self.take_confirmations(&subscription);
+                        self.current = Some((generation, subscription));
+                        Ok(())
+                    }
+                    Err(error) if connection_lost(&error) => Ok(()),
+                    Err(error) => {
+                        self.current = Some((generation, subscription));
+                        Err(error)
+                    }
                 }
-                other => other,
-            },
+            }
             None => Ok(()),
+        }
+    }
+
+    /// Acknowledged ids the server has not confirmed settled yet.
+    pub fn unconfirmed(&self) -> usize {
+        self.acked.len()
+    }
+
+    /// Forgets the ids whose settlement the server confirmed.
+    fn take_confirmations(&mut self, subscription: &Subscription) {
+        let answered: Vec<(u64, bool)> = self
+            .unconfirmed
+            .keys()
+            .filter_map(|&request| {
+                subscription
+                    .confirmation(request)
+                    .map(|result| (request, result.is_ok()))
+            })
+            .collect();
+        for (request, settled) in answered {
+            let id = self.unconfirmed.remove(&request).expect("awaited");
+            if settled {
+                self.acked.confirmed(id);
+            }
         }
     }
 
@@ -870,21 +926,43 @@ impl DurableSubscription {
         self.run(|_, subscription| subscription.client.ping())
     }
 
+    /// Waits until every acknowledgement is confirmed settled (riding
+    /// through failovers: a redelivery is acknowledged again), up to
+    /// `timeout`.
+    pub fn settle(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        while self.acked.len() > 0 {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout));
+            }
+            // Receiving takes confirmations and re-acknowledges what a
+            // failover brought back; what it hands over is new.
+            if let Some(delivery) = self.receive(ANSWER_POLL)? {
+                self.nack(&delivery)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `op` on this generation's subscription, subscribing first on a
     /// new connection; a lost connection is replaced and `op` run again.
     fn run<T>(
         &mut self,
-        mut op: impl FnMut(&mut AckedIds, &Subscription) -> Result<T, ClientError>,
+        mut op: impl FnMut(&mut Self, &Subscription) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let (mut client, mut generation) = self.connection.current()?;
         loop {
             let attempt = self.subscribe_on(&client, generation).and_then(|()| {
-                let (_, subscription) = self.current.as_ref().expect("just subscribed");
-                op(&mut self.acked, subscription)
+                let (generation, subscription) = self.current.take().expect("just subscribed");
+                let result = op(self, &subscription);
+                self.current = Some((generation, subscription));
+                result
             });
             match attempt {
                 Err(error) if connection_lost(&error) => {
                     self.current = None;
+                    // Confirmations of the lost connection never come.
+                    self.unconfirmed.clear();
                     (client, generation) = self
                         .connection
                         .recover(generation, Some(&error.to_string()))?;
@@ -908,6 +986,14 @@ impl DurableSubscription {
             self.durable_name.as_deref(),
             self.prefetch,
         )?;
+        // Acknowledgements whose confirmation the old connection took with
+        // it are sent again: the new server settles those messages wherever
+        // they are (ready again, most likely) and confirms.
+        self.unconfirmed.clear();
+        for id in self.acked.ids() {
+            let request = subscription.ack_confirmed(id)?;
+            self.unconfirmed.insert(request, id);
+        }
         self.current = Some((generation, subscription));
         Ok(())
     }
@@ -1020,6 +1106,13 @@ mod tests {
         acked.insert(start + Duration::from_secs(11), 3, memory);
         assert!(!acked.contains(1), "older than the memory: forgotten");
         assert!(acked.contains(2) && acked.contains(3));
+        acked.confirmed(2);
+        assert!(!acked.contains(2), "confirmed: nothing to guard against");
+        // Acknowledged again later (a redelivery): the newer time counts.
+        acked.insert(start + Duration::from_secs(12), 3, memory);
+        acked.insert(start + Duration::from_secs(21), 4, memory);
+        assert!(acked.contains(3), "re-acknowledged at 12 s, kept at 21 s");
+        assert_eq!(acked.len(), 2);
     }
 
     #[test]

@@ -585,7 +585,31 @@ impl Subscription {
         self.client.write(&Frame::Ack(protocol::Ack {
             subscription_id: self.id,
             message_id: delivery.message_id,
+            request_id: 0,
         }))
+    }
+
+    /// Settles message `message_id` of this subscription's queue (wherever
+    /// it is: delivered here before a failover, it may be ready again) and
+    /// asks the server to confirm once the settlement is committed; returns
+    /// the request id the confirmation will carry (see `confirmation`).
+    pub fn ack_confirmed(&self, message_id: u64) -> Result<u64, ClientError> {
+        let request_id = self
+            .client
+            .inner
+            .next_request
+            .fetch_add(1, Ordering::Relaxed);
+        self.client.write(&Frame::Ack(protocol::Ack {
+            subscription_id: self.id,
+            message_id,
+            request_id,
+        }))?;
+        Ok(request_id)
+    }
+
+    /// The answer to an `ack_confirmed`, once it has come (taken once).
+    pub fn confirmation(&self, request_id: u64) -> Option<Result<(), ClientError>> {
+        self.client.state().replies.remove(&request_id)
     }
 
     /// Gives a delivery back for redelivery.

@@ -192,6 +192,7 @@ fn decode_body(frame_type: FrameType, r: &mut Reader<'_, '_>) -> Result<Frame, P
         FrameType::Ack => Frame::Ack(Ack {
             subscription_id: r.u32("subscription_id")?,
             message_id: r.u64("message_id")?,
+            request_id: r.u64("request_id")?,
         }),
         FrameType::Nack => Frame::Nack(Nack {
             subscription_id: r.u32("subscription_id")?,
@@ -528,6 +529,7 @@ fn encode_body(frame: &Frame, w: &mut Writer<'_>) -> Result<(), ProtocolError> {
         Frame::Ack(f) => {
             w.u32(f.subscription_id);
             w.u64(f.message_id);
+            w.u64(f.request_id);
         }
         Frame::Nack(f) => {
             w.u32(f.subscription_id);
@@ -774,6 +776,7 @@ mod tests {
             Frame::Ack(Ack {
                 subscription_id: 12,
                 message_id: 99,
+                request_id: 1 << 63,
             }),
             Frame::Nack(Nack {
                 subscription_id: 12,
@@ -1275,10 +1278,11 @@ mod tests {
                         })
                     }
                 ),
-            any::<(u32, u64)>().prop_map(|(subscription_id, message_id)| {
+            any::<(u32, u64, u64)>().prop_map(|(subscription_id, message_id, request_id)| {
                 Frame::Ack(Ack {
                     subscription_id,
                     message_id,
+                    request_id,
                 })
             }),
             any::<(u32, u64)>().prop_map(|(subscription_id, message_id)| {

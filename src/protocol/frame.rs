@@ -154,6 +154,10 @@ pub struct Deliver {
 pub struct Ack {
     pub subscription_id: u32,
     pub message_id: u64,
+    /// Non-zero: answer with OK carrying it once the settlement is
+    /// committed (journaled, and replicated where sends wait for that).
+    /// 0: no answer.
+    pub request_id: u64,
 }
 
 /// Client → server: the message was not processed; deliver it again.

@@ -432,6 +432,7 @@ impl Conn {
             Frame::Ack(protocol::Ack {
                 subscription_id,
                 message_id,
+                ..
             })
             | Frame::Nack(protocol::Nack {
                 subscription_id,
@@ -450,6 +451,7 @@ impl Conn {
                     consumer: self.consumer(ack.subscription_id),
                     destination: destination.clone(),
                     message: MessageId(ack.message_id),
+                    confirm: (ack.request_id != 0).then_some(ack.request_id),
                 };
                 requests.push(Request {
                     destination,
