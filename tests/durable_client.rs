@@ -22,6 +22,10 @@ enum Script {
     Redirect(SocketAddr),
     /// WELCOME, then never acknowledge anything.
     Silent,
+    /// WELCOME; a SUBSCRIBE gets OK and message 42; the first confirmed
+    /// ACK of it gets the message again first (sent before the settlement,
+    /// as a server that just made it ready again would), then the OK.
+    DeliverTwice,
 }
 
 fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
@@ -73,6 +77,61 @@ fn fake_server(name: &'static str, scripts: Vec<Script>) -> (SocketAddr, Arc<Mut
                                 active: active.to_string(),
                             }),
                         );
+                    }
+                    Script::DeliverTwice => {
+                        let welcome = Frame::Welcome(protocol::Welcome {
+                            version: protocol::PROTOCOL_VERSION,
+                            server_id: name.into(),
+                            epoch: 1,
+                            frame_bytes_max: Limits::default().frame_bytes_max,
+                        });
+                        let _ = write_frame(&mut stream, welcome);
+                        let deliver = |subscription_id, delivery_count| {
+                            Frame::Deliver(protocol::Deliver {
+                                subscription_id,
+                                message_id: 42,
+                                delivery_count,
+                                destination: "/queue/q".into(),
+                                persistent: true,
+                                headers: Vec::new(),
+                                body: Bytes::from_static(b"m"),
+                            })
+                        };
+                        let mut settled = false;
+                        while let Some(frame) = read_frame(&mut stream, &mut buf) {
+                            let replies = match frame {
+                                Frame::Subscribe(s) => vec![
+                                    Frame::Ok(protocol::OkFrame {
+                                        request_id: s.request_id,
+                                    }),
+                                    deliver(s.subscription_id, 1),
+                                ],
+                                Frame::Ack(a) if a.request_id != 0 && !settled => {
+                                    settled = true;
+                                    vec![
+                                        deliver(a.subscription_id, 2),
+                                        Frame::Ok(protocol::OkFrame {
+                                            request_id: a.request_id,
+                                        }),
+                                    ]
+                                }
+                                // Settled already: nothing more to deliver.
+                                Frame::Ack(a) if a.request_id != 0 => {
+                                    vec![Frame::Ok(protocol::OkFrame {
+                                        request_id: a.request_id,
+                                    })]
+                                }
+                                Frame::Ping(p) => {
+                                    vec![Frame::Pong(protocol::Pong { token: p.token })]
+                                }
+                                _ => Vec::new(),
+                            };
+                            for reply in replies {
+                                if write_frame(&mut stream, reply).is_err() {
+                                    return;
+                                }
+                            }
+                        }
                     }
                     Script::Silent => {
                         let welcome = Frame::Welcome(protocol::Welcome {
@@ -253,5 +312,35 @@ fn a_full_outbox_blocks_the_sender_then_fails_clearly_and_drops_nothing() {
         producer.next_sequence(),
         3,
         "the refused one took no number"
+    );
+}
+
+#[test]
+fn a_delivery_sent_before_the_settlement_was_confirmed_never_reaches_the_application() {
+    let (server, _) = fake_server("twice", vec![Script::DeliverTwice]);
+    let connection =
+        DurableConnection::connect(&format!("twinmq://{server}"), DurableOptions::default())
+            .unwrap();
+    let mut subscription = connection.subscribe("/queue/q", None, 1).unwrap();
+    let first = subscription
+        .receive(Duration::from_secs(5))
+        .unwrap()
+        .expect("delivered");
+    subscription.ack(&first).unwrap();
+    // Answered in order: once the pong is back, the copy and the OK are
+    // both with the client.
+    subscription.ping().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while subscription.unconfirmed() > 0 {
+        assert!(std::time::Instant::now() < deadline, "no confirmation");
+        assert_eq!(
+            subscription.receive(Duration::from_millis(50)).unwrap(),
+            None,
+            "the copy sent before the OK must not reach the application"
+        );
+    }
+    assert_eq!(
+        subscription.receive(Duration::from_millis(100)).unwrap(),
+        None
     );
 }

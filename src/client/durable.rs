@@ -890,10 +890,10 @@ impl DurableSubscription {
     fn take_confirmations(&mut self, subscription: &Subscription) {
         let answered: Vec<(u64, bool)> = self
             .unconfirmed
-            .keys()
-            .filter_map(|&request| {
+            .iter()
+            .filter_map(|(&request, &id)| {
                 subscription
-                    .confirmation(request)
+                    .confirmation(request, id)
                     .map(|result| (request, result.is_ok()))
             })
             .collect();

@@ -607,9 +607,23 @@ impl Subscription {
         Ok(request_id)
     }
 
-    /// The answer to an `ack_confirmed`, once it has come (taken once).
-    pub fn confirmation(&self, request_id: u64) -> Option<Result<(), ClientError>> {
-        self.client.state().replies.remove(&request_id)
+    /// The answer to an `ack_confirmed` of `message_id`, once it has come
+    /// (taken once). A delivery of that message received before the answer
+    /// (the server sent it before it settled the message) is dropped from
+    /// this subscription's queue with it: it must not reach the caller.
+    pub fn confirmation(
+        &self,
+        request_id: u64,
+        message_id: u64,
+    ) -> Option<Result<(), ClientError>> {
+        let mut state = self.client.state();
+        let answer = state.replies.remove(&request_id)?;
+        if answer.is_ok()
+            && let Some(queue) = state.deliveries.get_mut(&self.id)
+        {
+            queue.retain(|d| d.message_id != message_id);
+        }
+        Some(answer)
     }
 
     /// Gives a delivery back for redelivery.
