@@ -48,6 +48,15 @@ fn write_frame(stream: &mut TcpStream, frame: Frame) -> std::io::Result<()> {
     stream.write_all(&out)
 }
 
+fn welcome(server_id: &str, epoch: u64) -> Frame {
+    Frame::Welcome(protocol::Welcome {
+        version: protocol::PROTOCOL_VERSION,
+        server_id: server_id.into(),
+        epoch,
+        frame_bytes_max: Limits::default().frame_bytes_max,
+    })
+}
+
 /// A fake server running `scripts` on its successive connections (the
 /// last one again for any later connection).
 fn fake_server(name: &'static str, scripts: Vec<Script>) -> (SocketAddr, Arc<Mutex<usize>>) {
@@ -79,12 +88,7 @@ fn fake_server(name: &'static str, scripts: Vec<Script>) -> (SocketAddr, Arc<Mut
                         );
                     }
                     Script::DeliverTwice => {
-                        let welcome = Frame::Welcome(protocol::Welcome {
-                            version: protocol::PROTOCOL_VERSION,
-                            server_id: name.into(),
-                            epoch: 1,
-                            frame_bytes_max: Limits::default().frame_bytes_max,
-                        });
+                        let welcome = welcome(name, 1);
                         let _ = write_frame(&mut stream, welcome);
                         let deliver = |subscription_id, delivery_count| {
                             Frame::Deliver(protocol::Deliver {
@@ -134,23 +138,13 @@ fn fake_server(name: &'static str, scripts: Vec<Script>) -> (SocketAddr, Arc<Mut
                         }
                     }
                     Script::Silent => {
-                        let welcome = Frame::Welcome(protocol::Welcome {
-                            version: protocol::PROTOCOL_VERSION,
-                            server_id: name.into(),
-                            epoch: 1,
-                            frame_bytes_max: Limits::default().frame_bytes_max,
-                        });
+                        let welcome = welcome(name, 1);
                         if write_frame(&mut stream, welcome).is_ok() {
                             while read_frame(&mut stream, &mut buf).is_some() {}
                         }
                     }
                     Script::Serve { epoch, ack_epoch } => {
-                        let welcome = Frame::Welcome(protocol::Welcome {
-                            version: protocol::PROTOCOL_VERSION,
-                            server_id: name.into(),
-                            epoch,
-                            frame_bytes_max: Limits::default().frame_bytes_max,
-                        });
+                        let welcome = welcome(name, epoch);
                         if write_frame(&mut stream, welcome).is_err() {
                             return;
                         }

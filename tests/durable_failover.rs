@@ -48,6 +48,19 @@ fn tag(producer: usize, sequence: u64) -> String {
     format!("p{producer}-{sequence}")
 }
 
+/// Durable-connection settings of the test's clients: seeded jitter, and
+/// reconnecting for as long as a test waits for anything.
+fn options(seed: u64) -> DurableOptions {
+    DurableOptions {
+        seed,
+        reconnect: ReconnectPolicy {
+            give_up_after: READY_TIMEOUT,
+            ..ReconnectPolicy::default()
+        },
+        ..DurableOptions::default()
+    }
+}
+
 /// What one producer saw.
 #[derive(Debug, Default)]
 struct ProducerLog {
@@ -105,18 +118,7 @@ impl Producers {
 }
 
 fn produce(p: usize, url: &str, stop: &AtomicBool, acked: &AtomicUsize) -> ProducerLog {
-    let connection = DurableConnection::connect(
-        url,
-        DurableOptions {
-            seed: p as u64,
-            reconnect: ReconnectPolicy {
-                give_up_after: READY_TIMEOUT,
-                ..ReconnectPolicy::default()
-            },
-            ..DurableOptions::default()
-        },
-    )
-    .expect("connect");
+    let connection = DurableConnection::connect(url, options(p as u64)).expect("connect");
     let mut producer = connection.producer(ProducerOptions {
         window: 32,
         ack_mode: AckMode::Replicated,
@@ -194,18 +196,7 @@ impl Consumers {
 }
 
 fn consume(c: usize, url: &str, queue: &str, stop: &AtomicBool) -> Vec<Received> {
-    let connection = DurableConnection::connect(
-        url,
-        DurableOptions {
-            seed: 100 + c as u64,
-            reconnect: ReconnectPolicy {
-                give_up_after: READY_TIMEOUT,
-                ..ReconnectPolicy::default()
-            },
-            ..DurableOptions::default()
-        },
-    )
-    .expect("connect");
+    let connection = DurableConnection::connect(url, options(100 + c as u64)).expect("connect");
     let mut subscription = connection.subscribe(queue, None, 64).expect("subscribe");
     let mut received = Vec::new();
     let mut acked = std::collections::HashSet::new();
