@@ -4,6 +4,8 @@
 //! State changes are printed as they happen; Ctrl-C (or SIGTERM) stops all
 //! three.
 
+pub mod local;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
