@@ -37,6 +37,15 @@ impl Latency {
             .expect("same histogram bounds");
     }
 
+    /// Samples recorded.
+    pub fn len(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.histogram.is_empty()
+    }
+
     /// The `quantile` (0..=1) in microseconds.
     pub fn quantile_us(&self, quantile: f64) -> f64 {
         self.histogram.value_at_quantile(quantile) as f64 / 1000.0
