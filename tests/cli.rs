@@ -179,6 +179,8 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
         positive(&report, &["catchup", figure]);
     }
     positive(&report, &["floors", "disk_copy_mib_s"]);
+    positive(&report, &["single_16k_mib_s"]);
+    positive(&report, &["pair_16k_mib_s"]);
 
     for (series, standby) in [("takeover_hot", "hot"), ("takeover_warm", "warm")] {
         let takeover = &report[series];

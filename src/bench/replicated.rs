@@ -57,8 +57,9 @@ const PRODUCERS: usize = 4;
 const WINDOW: usize = 64;
 /// Body of the throughput, window-1 and takeover messages.
 const BODY_BYTES: usize = 1024;
-/// Body of the catch-up messages: large, so the figure is about bytes.
-const CATCHUP_BODY_BYTES: usize = 16 * 1024;
+/// Body of the catch-up and large-message throughput loads: large, so
+/// the figures are about bytes.
+const LARGE_BODY_BYTES: usize = 16 * 1024;
 /// Messages queued before the takeovers, so a warm standby has state to
 /// rebuild.
 const TAKEOVER_BACKLOG: u64 = 5_000;
@@ -88,6 +89,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 const LOAD_QUEUE: &str = "/queue/bench-load";
 const WINDOW1_QUEUE: &str = "/queue/bench-window1";
 const CATCHUP_QUEUE: &str = "/queue/bench-catchup";
+const LARGE_QUEUE: &str = "/queue/bench-16k";
 const BACKLOG_QUEUE: &str = "/queue/bench-backlog";
 const TAKEOVER_QUEUE: &str = "/queue/bench-takeover";
 
@@ -185,6 +187,10 @@ pub struct Report {
     pub window: usize,
     pub floors: Floors,
     pub single_msgs_s: f64,
+    /// The same load with 16 KiB bodies: the single server, then the pair
+    /// as shipped, in MiB/s of bodies.
+    pub single_16k_mib_s: f64,
+    pub pair_16k_mib_s: f64,
     /// The single server's window-1 send-to-ack p50: what the pair's adds
     /// to (its floor is the flush p50 alone).
     pub single_window1_p50_us: f64,
@@ -228,13 +234,24 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
     };
 
     let shards = shipped_profiles()?[0].server.shards;
-    let (single_msgs_s, single_window1) = {
+    let large = Bytes::from(vec![0x16u8; LARGE_BODY_BYTES]);
+    let large_mib_s = |url: &str| -> Result<f64, BenchError> {
+        let produced = produce(&Load {
+            body: large.clone(),
+            queue: LARGE_QUEUE,
+            ..load(url)
+        })?;
+        Ok(produced.rate() * LARGE_BODY_BYTES as f64 / MIB)
+    };
+    let (single_msgs_s, single_window1, single_16k_mib_s) = {
         let single = dir.join("single");
         std::fs::create_dir_all(&single).map_err(io_error(&single))?;
         let server = start_server(&single, shards)?;
         let msgs_s = produce(&load(&server.url))?.rate();
-        (msgs_s, window1(&server.url, WINDOW1_QUEUE, &body, budget)?)
+        let window1 = window1(&server.url, WINDOW1_QUEUE, &body, budget)?;
+        (msgs_s, window1, large_mib_s(&server.url)?)
     };
+    let mut pair_16k_mib_s = 0.0;
 
     let mut link_variants = Vec::new();
     for (nodelay, buffer_bytes) in LINK_VARIANTS {
@@ -247,6 +264,9 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
         pair.wait_in_sync()?;
         let msgs_s = produce(&load(&pair.url()))?.rate();
         let latency = window1(&pair.url(), WINDOW1_QUEUE, &body, budget)?;
+        if link_variants.is_empty() {
+            pair_16k_mib_s = large_mib_s(&pair.url())?;
+        }
         link_variants.push(LinkVariant {
             nodelay,
             buffer_bytes,
@@ -269,6 +289,8 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
         window: WINDOW,
         floors,
         single_msgs_s,
+        single_16k_mib_s,
+        pair_16k_mib_s,
         single_window1_p50_us: single_window1.quantile_us(0.5),
         window1_floor_us,
         link_variants,
@@ -495,12 +517,12 @@ fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError
                 .then_some(())
         },
     )?;
-    let per_producer = (mib * MIB as u64 / CATCHUP_BODY_BYTES as u64).div_ceil(PRODUCERS as u64);
+    let per_producer = (mib * MIB as u64 / LARGE_BODY_BYTES as u64).div_ceil(PRODUCERS as u64);
     let sent = produce(&Load {
         url: pair.url(),
         producers: PRODUCERS,
         window: WINDOW,
-        body: Bytes::from(vec![0x16u8; CATCHUP_BODY_BYTES]),
+        body: Bytes::from(vec![0x16u8; LARGE_BODY_BYTES]),
         until: Until::Messages(per_producer),
         queue: CATCHUP_QUEUE,
     })?;
@@ -530,7 +552,7 @@ fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError
     let streaming_mib_s = caught_up as f64 / MIB / streaming_s;
     Ok(Catchup {
         bytes,
-        sent_body_bytes: sent.messages * CATCHUP_BODY_BYTES as u64,
+        sent_body_bytes: sent.messages * LARGE_BODY_BYTES as u64,
         total_s: total.as_secs_f64(),
         streaming_s,
         streaming_mib_s,
@@ -786,6 +808,26 @@ pub fn render_table(r: &Report) -> String {
         us(r.single_window1_p50_us),
         format!("{} (flush)", us(f.disk_flush_p50_us)),
         format!("{:.2}", ratio(r.single_window1_p50_us, f.disk_flush_p50_us)),
+        String::new(),
+    ]);
+    rows.push([
+        format!(
+            "single server, ack local, {}×{} × 16 KiB",
+            r.producers, r.window
+        ),
+        mib(r.single_16k_mib_s),
+        format!("{} (disk write)", mib(f.disk_write_mib_s)),
+        format!("{:.2}", ratio(r.single_16k_mib_s, f.disk_write_mib_s)),
+        String::new(),
+    ]);
+    rows.push([
+        format!(
+            "pair as shipped, ack replicated, {}×{} × 16 KiB",
+            r.producers, r.window
+        ),
+        mib(r.pair_16k_mib_s),
+        format!("{} (single)", mib(r.single_16k_mib_s)),
+        format!("{:.2}", ratio(r.pair_16k_mib_s, r.single_16k_mib_s)),
         String::new(),
     ]);
     let window1_floor = format!("{} (RTT + flush)", us(r.window1_floor_us));
