@@ -159,6 +159,29 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every figure of the performance report in one go, several runs:
+    /// `bench replicated` and `bench broker`'s backlog, as one Markdown
+    /// table of medians, each beside its floor.
+    Suite {
+        #[arg(long, default_value = "data/bench-suite")]
+        dir: PathBuf,
+        /// Seconds per throughput, latency and floor measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Takeovers per standby mode and run.
+        #[arg(long, default_value_t = 20)]
+        takeovers: usize,
+        /// Unconsumed 1 KiB messages queued for the memory figure.
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: u64,
+        /// MiB sent to the active while the passive is down.
+        #[arg(long, default_value_t = 200)]
+        catchup_mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// A replicated pair beside a single server and the disk and loopback
     /// floors: throughput, window-1 latency, HA-link socket options,
     /// catch-up rate, takeover time (hot and warm standby).
@@ -310,6 +333,28 @@ fn main() -> ExitCode {
                 dir,
                 seconds,
                 runs_takeover,
+                catchup_mib,
+            },
+            json,
+        ),
+        Command::Bench {
+            what:
+                BenchCommand::Suite {
+                    dir,
+                    seconds,
+                    runs,
+                    takeovers,
+                    backlog,
+                    catchup_mib,
+                    json,
+                },
+        } => bench_suite(
+            bench::suite::Config {
+                dir,
+                seconds,
+                runs,
+                takeovers,
+                backlog,
                 catchup_mib,
             },
             json,
@@ -682,6 +727,24 @@ fn bench_replicated(config: bench::replicated::Config, json: bool) -> Result<(),
     }
     let report = bench::replicated::run(&config).map_err(|e| e.to_string())?;
     print_report(&report, json, bench::replicated::render_table);
+    Ok(())
+}
+
+fn bench_suite(config: bench::suite::Config, json: bool) -> Result<(), String> {
+    twinmq::io::probe().map_err(|e| e.to_string())?;
+    check_seconds(config.seconds)?;
+    if [
+        config.runs as u64,
+        config.takeovers as u64,
+        config.backlog,
+        config.catchup_mib,
+    ]
+    .contains(&0)
+    {
+        return Err("--runs, --takeovers, --backlog and --catchup-mib must be at least 1".into());
+    }
+    let report = bench::suite::run(&config).map_err(|e| e.to_string())?;
+    print_report(&report, json, bench::suite::render_table);
     Ok(())
 }
 

@@ -101,6 +101,57 @@ fn positive(report: &Value, path: &[&str]) -> f64 {
 }
 
 #[test]
+fn bench_suite_prints_one_table_of_medians_beside_floors_and_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = twinmq()
+        .args([
+            "bench",
+            "suite",
+            "--seconds",
+            "0.2",
+            "--runs",
+            "2",
+            "--takeovers",
+            "1",
+            "--backlog",
+            "2000",
+            "--catchup-mib",
+            "2",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.starts_with(
+            "| figure | median (runs) | floor, median | ratio, median (runs) | target |"
+        ),
+        "{table}"
+    );
+    for figure in [
+        "floor: disk 4 KiB write + fdatasync",
+        "pair as shipped, ack replicated",
+        "pair, window 1, send-to-ack p50",
+        "× 16 KiB",
+        "catch-up, Sync to in sync",
+        "server RSS",
+        "draining that backlog",
+        "takeover (SIGKILL to first ack), hot standby, p50",
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.contains(figure))
+            .unwrap_or_else(|| panic!("no row for {figure}:\n{table}"));
+        // Two runs: the median, then both runs' values in brackets.
+        assert!(row.contains(", "), "{row}");
+    }
+    assert!(table.contains("2 run(s)"), "{table}");
+}
+
+#[test]
 fn bench_replicated_json_reports_every_figure_beside_its_floor() {
     let dir = tempfile::tempdir().unwrap();
     let output = bench_json(

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod journal;
 pub mod replicated;
+pub mod suite;
 
 use hdrhistogram::Histogram;
 use std::time::Duration;
