@@ -275,6 +275,13 @@ fn rows(first: &Run) -> Vec<Row> {
             target: None,
         },
         Row {
+            figure: "server RSS half way through that drain".into(),
+            unit: Unit::Mib,
+            value: |r| r.broker.drain_rss_mib,
+            floor: None,
+            target: Some(("< 256 MiB", Held::Value(|mib| mib < RSS_TARGET_MIB))),
+        },
+        Row {
             figure: "takeover (SIGKILL to first ack), hot standby, p50".into(),
             unit: Unit::Ms,
             value: |r| r.replicated.takeover_hot.p50_ms,

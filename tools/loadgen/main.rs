@@ -104,6 +104,14 @@ fn config(args: Args) -> Result<load::Config, String> {
             return Err(format!("--{name} 0: must be at least 1"));
         }
     }
+    if args.consumers > 0 && args.consumers < args.destinations {
+        return Err(format!(
+            "--consumers {} < --destinations {}: each destination needs a consumer (consumer N \
+             takes destination N modulo the count), or the checker would count what nobody \
+             reads as lost; use at least as many consumers, or --consumers 0 for a producer-only run",
+            args.consumers, args.destinations
+        ));
+    }
     if let Some(rate) = args.rate
         && !(rate.is_finite() && rate > 0.0)
     {
