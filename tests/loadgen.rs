@@ -6,11 +6,27 @@
 use serde_json::Value;
 use std::process::Command;
 
+/// A small load: two producers and two consumers on two queues.
+const SMALL: [&str; 10] = [
+    "--warmup",
+    "0.3",
+    "--producers",
+    "2",
+    "--consumers",
+    "2",
+    "--destinations",
+    "2",
+    "--window",
+    "16",
+];
+
+/// Runs `twinmq-load --local-pair --json` with [`SMALL`] and `args`.
 fn run(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_twinmq-load"))
         .args(["--local-pair", "--json", "--dir"])
         .arg(dir.path())
+        .args(SMALL)
         .args(args)
         .output()
         .unwrap();
@@ -59,22 +75,7 @@ fn assert_checked_clean(report: &Value) {
 
 #[test]
 fn local_pair_run_reports_every_figure_and_loses_nothing() {
-    let report = run(&[
-        "--duration",
-        "1.5",
-        "--warmup",
-        "0.3",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--destinations",
-        "2",
-        "--window",
-        "16",
-        "--size",
-        "uniform:64-2048",
-    ]);
+    let report = run(&["--duration", "1.5", "--size", "uniform:64-2048"]);
     assert_checked_clean(&report);
     assert_eq!(report["failovers"].as_array().map(Vec::len), Some(0));
     assert_eq!(report["size"], "uniform:64-2048");
@@ -85,16 +86,6 @@ fn local_pair_run_across_a_failover_loses_and_duplicates_nothing() {
     let report = run(&[
         "--duration",
         "3",
-        "--warmup",
-        "0.3",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--destinations",
-        "2",
-        "--window",
-        "16",
         "--rate",
         "2000",
         "--failover-every",
