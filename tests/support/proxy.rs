@@ -169,7 +169,15 @@ impl Proxy {
     /// `target`. The target need not be listening yet: a connection the
     /// target refuses is closed, as the target itself would have.
     pub fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", free_port())).expect("proxy listener");
+        // The port was free when `free_port` probed it; another process may
+        // have taken it since: take the next one then.
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", free_port())) {
+                Ok(listener) => break listener,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(error) => panic!("proxy listener: {error}"),
+            }
+        };
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
             target,
