@@ -463,7 +463,13 @@ impl Broker {
                 let id = MessageId::persistent(self.shard, offset);
                 let data = message.data;
                 if message.producer_id != 0 {
-                    self.note_producer(message.producer_id, message.sequence, Some(id), offset, 0);
+                    self.note_producer(
+                        message.producer_id,
+                        message.sequence,
+                        Some(id),
+                        (offset, offset),
+                        0,
+                    );
                 }
                 self.ensure_in_memory(&message.destination);
                 self.store_message(
@@ -506,35 +512,37 @@ impl Broker {
                 producer_id,
                 sequence,
                 last_seen_ms,
-            } => self.note_producer(producer_id, sequence, None, offset, last_seen_ms),
+            } => self.note_producer(producer_id, sequence, None, (offset, offset), last_seen_ms),
         }
     }
 
     /// `producer_id`'s highest sequence here is (at least) `sequence`,
-    /// held by the record at `offset` (a replayed one is durable: its end
-    /// is taken as `offset`).
+    /// held by the record at `offset` ending at `end` (a replayed record is
+    /// durable: `end` may be given as `offset`). Only a record that holds
+    /// the highest sequence becomes the one that must be kept.
     fn note_producer(
         &mut self,
         producer_id: u64,
         sequence: u64,
         message: Option<MessageId>,
-        offset: Offset,
+        (offset, end): (Offset, Offset),
         last_seen_ms: u64,
     ) {
         let state = self.producers.entry(producer_id).or_insert(ProducerState {
-            sequence,
-            message,
-            end: offset,
+            sequence: 0,
+            message: None,
+            end,
             last_seen_ms,
         });
-        if sequence >= state.sequence {
-            *state = ProducerState {
-                sequence,
-                message,
-                end: offset,
-                last_seen_ms: last_seen_ms.max(state.last_seen_ms),
-            };
+        if sequence < state.sequence {
+            return;
         }
+        *state = ProducerState {
+            sequence,
+            message,
+            end,
+            last_seen_ms: last_seen_ms.max(state.last_seen_ms),
+        };
         self.set_meta(Meta::Producer(producer_id), offset);
     }
 
@@ -954,11 +962,13 @@ impl Broker {
             let (offset, end) = store.append(&record)?;
             let id = MessageId::persistent(self.shard, offset);
             if send.producer_id != 0 {
-                self.note_producer(send.producer_id, send.sequence, Some(id), offset, now_ms);
-                self.producers
-                    .get_mut(&send.producer_id)
-                    .expect("just noted")
-                    .end = end;
+                self.note_producer(
+                    send.producer_id,
+                    send.sequence,
+                    Some(id),
+                    (offset, end),
+                    now_ms,
+                );
             }
             (id, Some((offset, end)))
         } else {

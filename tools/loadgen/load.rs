@@ -260,7 +260,7 @@ fn drive(config: &Config, url: String, pair: Option<LocalPair>) -> Result<Report
         while Instant::now() < stop_at && !producers.iter().all(JoinHandle::is_finished) {
             progress(config, &shared);
             std::thread::sleep(
-                Duration::from_millis(100).min(stop_at - Instant::now().min(stop_at)),
+                Duration::from_millis(100).min(stop_at.saturating_duration_since(Instant::now())),
             );
         }
         shared.stop_sending.store(true, Ordering::Relaxed);
@@ -397,6 +397,10 @@ fn produce(p: usize, config: &Config, shared: &Shared) -> Produced {
         .map(|rate| Duration::from_secs_f64(config.producers as f64 / rate));
     // Sequence → (intended send time, body bytes).
     let mut pending: HashMap<u64, (Instant, usize)> = HashMap::new();
+    // Named once, not per send.
+    let destinations: Vec<String> = (0..config.destinations)
+        .map(|d| config.destination(d))
+        .collect();
     let mut since_share = Latency::default();
     let mut shared_at = Instant::now();
     let start = Instant::now();
@@ -430,7 +434,8 @@ fn produce(p: usize, config: &Config, shared: &Shared) -> Produced {
             intended.duration_since(shared.epoch).as_nanos() as u64,
             len,
         );
-        match producer.send(&config.destination(n as usize + p), Vec::new(), body) {
+        let destination = &destinations[(n as usize + p) % destinations.len()];
+        match producer.send(destination, Vec::new(), body) {
             Ok(sequence) => {
                 pending.insert(sequence, (intended, len));
                 out.attempted += 1;
