@@ -21,7 +21,7 @@ mod conn;
 pub mod mesh;
 mod replica;
 
-use replica::Applied;
+use replica::{Applied, ApplyFn};
 pub use replica::{ReplicaStats, Role, ShardControl};
 
 use crate::broker::records::{BrokerRecord, MessageRecord};
@@ -500,6 +500,25 @@ impl Shard {
         let _ = done.send(Ok(()));
     }
 
+    /// Runs `f` on the replica with the journal and the callback through
+    /// which a passive's appends reach its broker (hot standby).
+    fn with_replica<R>(
+        &mut self,
+        f: impl FnOnce(&mut Replica, &mut Journal, &mut ApplyFn<'_>) -> R,
+    ) -> R {
+        let Shard {
+            replica,
+            journal,
+            broker,
+            broker_stale,
+            config,
+            ..
+        } = self;
+        f(replica, journal, &mut |applied, journal| {
+            apply_replicated(config, broker, broker_stale, applied, journal)
+        })
+    }
+
     /// Tells the broker where the epoch it serves began (the journal's
     /// newest epoch start).
     fn note_activation(&mut self) {
@@ -738,32 +757,16 @@ impl Shard {
                     self.epoch_durable(durable);
                     self.advance_commit();
                     self.release(durable);
-                    let Shard {
-                        replica,
-                        journal,
-                        broker,
-                        broker_stale,
-                        config,
-                        ..
-                    } = self;
-                    replica.retry_follower(journal, &mut |applied, journal| {
-                        apply_replicated(config, broker, broker_stale, applied, journal)
+                    self.with_replica(|replica, journal, apply| {
+                        replica.retry_follower(journal, apply)
                     });
                 }
                 Some(JournalEvent::Poisoned(cause)) => self.note_poison(&cause),
                 None => {}
             },
             Some(Owner::Replica) => {
-                let Shard {
-                    replica,
-                    journal,
-                    broker,
-                    broker_stale,
-                    config,
-                    ..
-                } = self;
-                let commit = replica.complete(completion, journal, &mut |applied, journal| {
-                    apply_replicated(config, broker, broker_stale, applied, journal)
+                let commit = self.with_replica(|replica, journal, apply| {
+                    replica.complete(completion, journal, apply)
                 });
                 if commit {
                     self.advance_commit();
