@@ -517,6 +517,27 @@ impl DurableConnection {
         None
     }
 
+    /// Runs `attempt` on the connection in use (with its generation); when
+    /// that finds the connection lost, `lost` tidies `user`'s state for the
+    /// old one, the connection is replaced and `attempt` runs again.
+    fn ride<U, T>(
+        &self,
+        user: &mut U,
+        mut attempt: impl FnMut(&mut U, &Client, u64) -> Result<T, ClientError>,
+        mut lost: impl FnMut(&mut U, &Client),
+    ) -> Result<T, ClientError> {
+        let (mut client, mut generation) = self.current()?;
+        loop {
+            match attempt(user, &client, generation) {
+                Err(error) if connection_lost(&error) => {
+                    lost(user, &client);
+                    (client, generation) = self.recover(generation, Some(&error.to_string()))?;
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn note_epoch(&self, epoch: u64) {
         self.shared.newest_epoch.fetch_max(epoch, Ordering::Relaxed);
     }
@@ -630,23 +651,19 @@ impl DurableProducer {
         &mut self,
         mut op: impl FnMut(&mut Self, &Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let (mut client, mut generation) = self.connection.current()?;
-        loop {
-            let attempt = self
-                .write_outbox(&client, generation)
-                .and_then(|()| op(self, &client));
-            match attempt {
-                Err(error) if connection_lost(&error) => {
-                    // Acks that arrived before the loss still count (a
-                    // stale one is refused again inside).
-                    let _ = self.absorb(&client);
-                    (client, generation) = self
-                        .connection
-                        .recover(generation, Some(&error.to_string()))?;
-                }
-                other => return other,
-            }
-        }
+        let connection = self.connection.clone();
+        connection.ride(
+            self,
+            |p, client, generation| {
+                p.write_outbox(client, generation)
+                    .and_then(|()| op(p, client))
+            },
+            // Acks that arrived before the loss still count (a stale one
+            // is refused again inside).
+            |p, client| {
+                let _ = p.absorb(client);
+            },
+        )
     }
 
     /// Writes the outbox entries this connection has not had, in order: all
@@ -950,26 +967,22 @@ impl DurableSubscription {
         &mut self,
         mut op: impl FnMut(&mut Self, &Subscription) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let (mut client, mut generation) = self.connection.current()?;
-        loop {
-            let attempt = self.subscribe_on(&client, generation).and_then(|()| {
-                let (generation, subscription) = self.current.take().expect("just subscribed");
-                let result = op(self, &subscription);
-                self.current = Some((generation, subscription));
+        let connection = self.connection.clone();
+        connection.ride(
+            self,
+            |s, client, generation| {
+                s.subscribe_on(client, generation)?;
+                let (generation, subscription) = s.current.take().expect("just subscribed");
+                let result = op(s, &subscription);
+                s.current = Some((generation, subscription));
                 result
-            });
-            match attempt {
-                Err(error) if connection_lost(&error) => {
-                    self.current = None;
-                    // Confirmations of the lost connection never come.
-                    self.unconfirmed.clear();
-                    (client, generation) = self
-                        .connection
-                        .recover(generation, Some(&error.to_string()))?;
-                }
-                other => return other,
-            }
-        }
+            },
+            |s, _| {
+                s.current = None;
+                // Confirmations of the lost connection never come.
+                s.unconfirmed.clear();
+            },
+        )
     }
 
     fn subscribe_on(&mut self, client: &Client, generation: u64) -> Result<(), ClientError> {
