@@ -638,8 +638,10 @@ fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
             String::new()
         };
         println!(
-            "  shard {shard} replication: {}, stream {}, {sync}, peer durable at {}, lag {} bytes / {} records{last_catchup}{}",
+            "  shard {shard} replication: {}, journal {}..{}, stream {}, {sync}, peer durable at {}, lag {} bytes / {} records{last_catchup}{}",
             r.role,
+            r.journal_start,
+            r.journal_end,
             if r.stream_up { "up" } else { "down" },
             r.peer_durable,
             r.lag_bytes,

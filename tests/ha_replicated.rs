@@ -2,7 +2,8 @@
 //! the active streams every byte to the passive. Load with a passive in
 //! sync, kill -9 either server under load, warm standby, a former active
 //! with a tail the passive never got, a corrupted replication frame, a cut
-//! HA link, and `standalone = "refuse"`.
+//! HA link, `standalone = "refuse"`, full copies of a passive too far
+//! behind (after `promote --force` of a stale server too).
 //!
 //! What the scenarios check in the end: no acknowledged message is lost or
 //! delivered twice, and, once both servers have stopped cleanly, the two
@@ -457,6 +458,64 @@ fn streams_closed(status: &Status) -> (u64, u64) {
         .fold((0, 0), |(all, follower), r| {
             (all + r.streams_closed, follower + r.follower_streams_closed)
         })
+}
+
+/// Each shard's journal (first retained offset, end) on server `i`.
+fn journal_ranges(pair: &Pair, i: usize) -> Vec<(u64, u64)> {
+    let status = status(pair, i).unwrap();
+    assert_eq!(status.replication.len(), SHARDS, "{status:?}");
+    status
+        .replication
+        .iter()
+        .map(|r| (r.journal_start, r.journal_end))
+        .collect()
+}
+
+/// Sends and consumes on `active` (alone) until every shard's journal
+/// starts past `beyond[shard]`: a passive whose journal ended there then
+/// lacks records the active no longer holds.
+fn churn_until_released(pair: &Pair, active: usize, beyond: &[u64]) {
+    for round in 0.. {
+        let ranges = journal_ranges(pair, active);
+        if ranges.iter().zip(beyond).all(|((start, _), b)| start > b) {
+            return;
+        }
+        assert!(
+            round < 30,
+            "the active still holds {ranges:?}, not past {beyond:?}"
+        );
+        send_all(pair, active, &format!("churn{round}-"), 1500);
+        drain(pair, active);
+    }
+}
+
+/// (first offset, end) of the journal in `dir`, read from disk.
+fn scanned_range(dir: &std::path::Path) -> (u64, u64) {
+    let scan = twinmq::journal::inspect(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .unwrap_or_else(|| panic!("{}: no journal", dir.display()));
+    (scan.start.get(), scan.end.get())
+}
+
+/// Waits until server `i`'s broker holds `count` messages.
+fn wait_messages(pair: &Pair, i: usize, count: usize) {
+    wait_for(READY_TIMEOUT, "the broker to hold the messages", || {
+        match status(pair, i)?.messages {
+            n if n == count => Ok(()),
+            n => Err(format!("{} holds {n}, not {count}", pair.nodes[i].name)),
+        }
+    });
+}
+
+/// The saved journals (`<data_dir>/saved/shard-NNN.K`) under server `i`.
+fn saved_journals(pair: &Pair, i: usize) -> Vec<std::path::PathBuf> {
+    let saved = pair.data_dir(i).join("saved");
+    let mut dirs: Vec<_> = match std::fs::read_dir(&saved) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    dirs.sort();
+    dirs
 }
 
 // ---------------------------------------------------------------------------
@@ -967,4 +1026,133 @@ fn standalone_refuse_turns_away_replicated_sends() {
         .producer(ProducerOptions::default())
         .send_and_wait(QUEUES[0], body("paired-again"))
         .expect("a replicated send with the passive back in sync");
+}
+
+/// A passive that was away while the active consumed and released more
+/// than it holds cannot catch up by streaming: it gets the active's
+/// retained journal whole. What it held was an older part of the active's
+/// log, settled and released there, so nothing is set aside.
+#[test]
+fn a_passive_too_far_behind_gets_a_full_copy_of_the_retained_journal() {
+    let mut pair = Pair::replicated();
+    start_pair(&mut pair, PRIMARY);
+    send_all(&pair, PRIMARY, "early-", 500);
+    drain(&pair, PRIMARY);
+    wait_caught_up(&pair, PRIMARY);
+    pair.kill(SECONDARY);
+    let old_ends: Vec<u64> = digest::shard_dirs(pair.data_dir(SECONDARY))
+        .iter()
+        .map(|(_, dir)| scanned_range(dir).1)
+        .collect();
+    pair.wait_state(PRIMARY, "STANDALONE");
+    churn_until_released(&pair, PRIMARY, &old_ends);
+    let kept = send_all(&pair, PRIMARY, "kept-", 300);
+
+    let log_before = pair.log(SECONDARY).len();
+    pair.start(SECONDARY);
+    wait_caught_up(&pair, PRIMARY);
+    let log = &pair.log(SECONDARY)[log_before..];
+    assert_eq!(
+        log.matches("full copy from the active").count(),
+        SHARDS,
+        "every shard was copied whole:\n{log}"
+    );
+    assert!(
+        log.contains("held only records the active already released"),
+        "{log}"
+    );
+    assert_eq!(saved_journals(&pair, SECONDARY), Vec::<std::path::PathBuf>::new());
+    for (shard, ((start, _), old_end)) in journal_ranges(&pair, SECONDARY)
+        .iter()
+        .zip(&old_ends)
+        .enumerate()
+    {
+        assert!(
+            start > old_end,
+            "shard {shard}: the passive's journal starts at {start}, past its old end {old_end}"
+        );
+    }
+    // Hot standby: the copy was applied as it came, so the passive can
+    // take over with every message at once.
+    wait_messages(&pair, SECONDARY, kept.len());
+    pair.kill(PRIMARY);
+    pair.wait_state(SECONDARY, "STANDALONE");
+    let delivered = drain(&pair, SECONDARY);
+    assert_exactly_once(&kept, &delivered);
+    assert_eq!(delivered.len(), kept.len());
+}
+
+/// The stale-replica rule end to end, and a full copy over a diverged
+/// history: the newer server dies, the older one refuses to lead alone
+/// until `twinmq promote --force`, then consumes and releases past the
+/// point where the two histories part. The newer server comes back, its
+/// journal (holding sends only it acknowledged) is set aside under
+/// `saved/`, and it follows with a full copy.
+#[test]
+fn a_diverged_passive_sets_its_journal_aside_before_a_full_copy() {
+    let (older, newer) = (PRIMARY, SECONDARY);
+    let mut pair = Pair::replicated();
+    start_pair(&mut pair, older);
+    let common = send_all(&pair, older, "common-", 300);
+    wait_caught_up(&pair, older);
+    pair.kill(older);
+    pair.wait_state(newer, "STANDALONE");
+    let only_newer = send_all(&pair, newer, "newer-", 300);
+    pair.kill(newer);
+    let newer_ranges: Vec<(u64, u64)> = digest::shard_dirs(pair.data_dir(newer))
+        .iter()
+        .map(|(_, dir)| scanned_range(dir))
+        .collect();
+
+    let log_before = pair.log(older).len();
+    pair.start(older);
+    pair.wait_state(older, "WAITING");
+    wait_for(READY_TIMEOUT, "the stale replica to say so", || {
+        let log = pair.log(older);
+        if log[log_before..].contains("stale replica") {
+            Ok(())
+        } else {
+            Err(log[log_before..].to_owned())
+        }
+    });
+    let promote = std::process::Command::new(env!("CARGO_BIN_EXE_twinmq"))
+        .args(["promote", "--force", "--admin"])
+        .arg(pair.nodes[older].admin.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&promote.stdout);
+    assert!(
+        promote.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&promote.stderr)
+    );
+    eprintln!("promote --force: {said}");
+    pair.wait_state(older, "STANDALONE");
+    let delivered = drain(&pair, older);
+    assert_exactly_once(&common, &delivered);
+    assert!(
+        only_newer.iter().all(|t| !delivered.contains_key(t)),
+        "what only the newer server held is not on the older one"
+    );
+    let ends: Vec<u64> = newer_ranges.iter().map(|r| r.1).collect();
+    churn_until_released(&pair, older, &ends);
+    let kept = send_all(&pair, older, "kept-", 200);
+
+    pair.start(newer);
+    wait_caught_up(&pair, older);
+    wait_messages(&pair, newer, kept.len());
+    let saved = saved_journals(&pair, newer);
+    let names: Vec<String> = saved
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let expected: Vec<String> = (0..SHARDS).map(|s| format!("shard-{s:03}.1")).collect();
+    assert_eq!(names, expected);
+    // Each saved journal is the newer server's whole log as it was.
+    for (dir, range) in saved.iter().zip(&newer_ranges) {
+        assert_eq!(scanned_range(dir), *range, "{}", dir.display());
+    }
+    wait_caught_up(&pair, older);
+    stop_both(&mut pair, older);
+    digest::assert_journals_identical(pair.data_dir(older), pair.data_dir(newer));
 }

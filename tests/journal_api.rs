@@ -6,7 +6,9 @@ mod support;
 
 use support::*;
 use twinmq::ids::{Epoch, Offset};
-use twinmq::journal::{Durability, Journal, JournalError, JournalEvent, RecordKind};
+use twinmq::journal::{
+    Durability, Journal, JournalError, JournalEvent, JournalOptions, RecordKind,
+};
 
 const MODES: [Durability; 2] = [Durability::DirectDsync, Durability::WriteFdatasync];
 
@@ -89,11 +91,29 @@ fn raw_copy_to_a_peer_journal_is_byte_identical() {
     }
     source.sync(&mut ring).unwrap();
 
-    // Ship the log in uneven chunks cut at record boundaries, as a
-    // replication stream would.
-    let mut reader = twinmq::journal::RecordReader::new(Offset::ZERO);
-    let mut cut = vec![Offset::ZERO];
-    while let Some(record) = reader.next_record(&source).unwrap() {
+    copy_raw(&source, &mut peer, &mut ring, Offset::ZERO);
+    assert_eq!(read_all(&peer), read_all(&source));
+    drop((source, peer));
+    assert_eq!(
+        segment_bytes(peer_dir.path()),
+        segment_bytes(source_dir.path())
+    );
+}
+
+fn spares_all_zero(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).unwrap().all(|entry| {
+        let path = entry.unwrap().path();
+        let spare = path.file_name().unwrap().to_string_lossy().starts_with("spare-");
+        !spare || std::fs::read(&path).unwrap().iter().all(|&b| b == 0)
+    })
+}
+
+/// Ships `source`'s durable log from `from` to `peer` in uneven chunks cut
+/// at record boundaries, as a replication stream would, and flushes it.
+fn copy_raw(source: &Journal, peer: &mut Journal, ring: &mut twinmq::io::Ring, from: Offset) {
+    let mut reader = twinmq::journal::RecordReader::new(from);
+    let mut cut = vec![from];
+    while let Some(record) = reader.next_record(source).unwrap() {
         let end = record.header.end();
         if end - *cut.last().unwrap() > 9000 {
             cut.push(end);
@@ -107,20 +127,91 @@ fn raw_copy_to_a_peer_journal_is_byte_identical() {
             match peer.append_raw(pair[0], &bytes) {
                 Ok(()) => break,
                 Err(JournalError::Full) => {
-                    peer.sync(&mut ring).unwrap();
+                    peer.sync(ring).unwrap();
                 }
                 Err(other) => panic!("append_raw: {other}"),
             }
         }
     }
-    peer.sync(&mut ring).unwrap();
+    peer.sync(ring).unwrap();
     assert_eq!(peer.end_offset(), source.end_offset());
-    assert_eq!(read_all(&peer), read_all(&source));
-    drop((source, peer));
-    assert_eq!(
-        segment_bytes(peer_dir.path()),
-        segment_bytes(source_dir.path())
+}
+
+#[test]
+fn a_replica_too_far_behind_restarts_at_the_peers_start_and_keeps_its_old_log_aside() {
+    let Fixture {
+        dir: _source_dir,
+        options,
+        mut ring,
+        journal: mut source,
+    } = started(small_options(Durability::DirectDsync));
+    let mut offsets = Vec::new();
+    for i in 0..400 {
+        offsets.push(append(&mut source, &mut ring, 1, &payload(i, 1500)));
+    }
+    source.sync(&mut ring).unwrap();
+    source.release_below(offsets[300]).unwrap();
+    let from = source.start_offset();
+    assert!(from > Offset::ZERO);
+
+    // The replica's own history reaches far past the source's start, and
+    // released segments made its spares recycled files full of stale
+    // headers (room for them: many spares, fewer ready after the rolls).
+    let Fixture {
+        dir: replica_dir,
+        journal: mut replica,
+        ring: _,
+        options: _,
+    } = started(JournalOptions {
+        spare_segments: 32,
+        ..options.clone()
+    });
+    replica.sync(&mut ring).unwrap();
+    let mut own = Vec::new();
+    for i in 0..600 {
+        own.push(append(&mut replica, &mut ring, 1, &payload(i + 5000, 1400)));
+    }
+    replica.sync(&mut ring).unwrap();
+    replica.wait_for_spares();
+    replica.release_below(own[500]).unwrap();
+    assert!(
+        !spares_all_zero(replica_dir.path()),
+        "test must recycle segments"
     );
+    let old_segments = segment_bytes(replica_dir.path());
+    assert!(replica.end_offset() > from);
+
+    let misaligned = from + 4096;
+    assert!(matches!(
+        replica.restart_at(misaligned, None),
+        Err(JournalError::NotSegmentStart { .. })
+    ));
+    let saved = replica_dir.path().join("saved-1");
+    replica.restart_at(from, Some(&saved)).unwrap();
+    assert_eq!(
+        (replica.start_offset(), replica.end_offset()),
+        (from, from)
+    );
+    assert_eq!(segment_bytes(&saved), old_segments);
+    replica.wait_for_spares();
+    assert!(
+        spares_all_zero(replica_dir.path()),
+        "a recycled spare's stale headers could name offsets of the new log"
+    );
+
+    copy_raw(&source, &mut replica, &mut ring, from);
+    // Both grow on: rotations on the replica take fresh spares only.
+    for i in 0..300 {
+        append(&mut source, &mut ring, 1, &payload(i + 9000, 1500));
+    }
+    source.sync(&mut ring).unwrap();
+    let end = replica.end_offset();
+    copy_raw(&source, &mut replica, &mut ring, end);
+    assert_eq!(read_all(&replica), read_all(&source));
+    drop(replica);
+    let replica = open(replica_dir.path(), &options);
+    assert_eq!(replica.start_offset(), from);
+    assert_eq!(read_all(&replica), read_all(&source));
 }
 
 #[test]

@@ -83,6 +83,11 @@ pub const HA_INTERVAL_MS_MAX: u32 = 60_000;
 /// Most heartbeats that may be missed. Detection takes this many ping
 /// intervals; beyond 100 a larger ping interval says the same more cheaply.
 pub const HEARTBEAT_MISSES_MAX_LIMIT: u32 = 100;
+/// Journals per shard a passive keeps aside before a full copy (like
+/// Artemis's `max-saved-replicated-journals-size`, also 2).
+pub const SAVED_JOURNALS_MAX_DEFAULT: u32 = 2;
+/// Upper bound on `saved_journals_max`.
+pub const SAVED_JOURNALS_MAX_LIMIT: u32 = 100;
 
 /// Shortest HA timeout (transition, connect, handshake) accepted: below
 /// 10 ms a timeout fires on ordinary scheduling delays.
@@ -248,6 +253,15 @@ pub struct HaConfig {
     /// choose one.
     #[serde(default)]
     pub ack_mode: HaAckMode,
+    /// A passive too far behind to stream gets a full copy; a journal of
+    /// its own that the active does not hold is first set aside, at most
+    /// this many per shard (beyond: the copy is refused, nothing deleted).
+    #[serde(default = "saved_journals_max_default")]
+    pub saved_journals_max: u32,
+}
+
+fn saved_journals_max_default() -> u32 {
+    SAVED_JOURNALS_MAX_DEFAULT
 }
 
 fn ping_interval_ms_default() -> u32 {
@@ -465,6 +479,15 @@ impl HaConfig {
                     format!("{value} is outside {HA_INTERVAL_MS_MIN}..={HA_INTERVAL_MS_MAX}"),
                 );
             }
+        }
+        if self.saved_journals_max > SAVED_JOURNALS_MAX_LIMIT {
+            return invalid(
+                "saved_journals_max",
+                format!(
+                    "{} is more than {SAVED_JOURNALS_MAX_LIMIT}",
+                    self.saved_journals_max
+                ),
+            );
         }
         if !(1..=HEARTBEAT_MISSES_MAX_LIMIT).contains(&self.heartbeat_misses_max) {
             return invalid(
@@ -744,6 +767,7 @@ gateway = "127.0.0.1:2100"
                 standby: HaStandby::Hot,
                 standalone: HaStandalone::Serve,
                 ack_mode: HaAckMode::Replicated,
+                saved_journals_max: 2,
             }
         );
         assert_eq!(ha.precedence(), 0);
@@ -967,6 +991,11 @@ ack_mode = "local""#);
                 "ping_interval_ms = 60001",
                 "ha.ping_interval_ms",
                 "60001 is outside 10..=60000",
+            ),
+            (
+                "saved_journals_max = 101",
+                "ha.saved_journals_max",
+                "101 is more than 100",
             ),
             (
                 "heartbeat_misses_max = 0",

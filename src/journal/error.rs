@@ -55,6 +55,9 @@ pub enum JournalError {
     /// An offset that is not the first byte of a record.
     #[error("offset {0} is not the start of a record")]
     NotRecordBoundary(u64),
+    /// A restart point that is not where a segment of this size begins.
+    #[error("offset {offset} is not a segment boundary (segment_bytes {segment_bytes})")]
+    NotSegmentStart { offset: u64, segment_bytes: u64 },
     /// The operation needs every appended byte to be durable first.
     #[error("the journal has unflushed appends; sync it first")]
     Busy,

@@ -565,6 +565,36 @@ impl SegmentDir {
         sync_dir(&self.dir).map_err(JournalError::io("sync", &self.dir))
     }
 
+    /// Empties the set for a restart at another offset: every segment is
+    /// moved into `save_to` (created; `None` removes them instead) and every
+    /// spare is deleted, since a recycled one holds stale headers that could
+    /// name offsets of the new log. Spares still being zero-filled are
+    /// zeros and stay welcome.
+    pub fn clear(&mut self, save_to: Option<&Path>) -> Result<(), JournalError> {
+        if let Some(save) = save_to {
+            fs::create_dir_all(save).map_err(JournalError::io("create directory", save))?;
+        }
+        while let Some(segment) = self.segments.pop_front() {
+            let path = segment.file.path.clone();
+            drop(segment);
+            match save_to {
+                Some(save) => {
+                    let name = path.file_name().expect("segment file name");
+                    fs::rename(&path, save.join(name)).map_err(JournalError::io("rename", &path))?
+                }
+                None => fs::remove_file(&path).map_err(JournalError::io("remove", &path))?,
+            }
+        }
+        self.collect_spares(false);
+        for spare in self.spares.drain(..) {
+            fs::remove_file(&spare).map_err(JournalError::io("remove", &spare))?;
+        }
+        if let Some(save) = save_to {
+            sync_dir(save).map_err(JournalError::io("sync", save))?;
+        }
+        self.sync_dir()
+    }
+
     /// Creates the very first segment of an empty journal.
     pub fn create_first(&mut self, start: Offset) -> Result<(), JournalError> {
         assert!(self.segments.is_empty());

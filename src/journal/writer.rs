@@ -841,6 +841,31 @@ impl Journal {
         self.reload_carry()
     }
 
+    /// Starts the log again, empty, at `at` (a segment boundary of the
+    /// peer's log), for a replica too far behind to catch up by streaming:
+    /// its segments are moved into `save_to`, or removed when `None` (the
+    /// caller proved every byte of them settled elsewhere).
+    pub fn restart_at(&mut self, at: Offset, save_to: Option<&Path>) -> Result<(), JournalError> {
+        self.check_poison()?;
+        if self.in_flight.is_some() || self.durable != self.end || self.lent.is_some() {
+            return Err(JournalError::Busy);
+        }
+        if at.get() % self.options.segment_bytes != 0 {
+            return Err(JournalError::NotSegmentStart {
+                offset: at.get(),
+                segment_bytes: self.options.segment_bytes,
+            });
+        }
+        self.files.clear(save_to)?;
+        self.files.create_first(at)?;
+        self.files.request_spares();
+        self.epochs = EpochLog::new(at > Offset::ZERO);
+        self.start = at;
+        self.end = at;
+        self.durable = at;
+        self.reload_carry()
+    }
+
     /// Releases whole segments that end at or below `offset` (everything in
     /// them is settled). The segment holding the end is always kept.
     /// Released segments are recycled as spares or deleted.

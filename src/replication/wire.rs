@@ -21,6 +21,11 @@
 //! | 3 Data   | active → passive | first byte's offset | active's epoch | whole records |
 //! | 4 Ack    | passive → active | durable offset | its epoch | — |
 //! | 5 Refuse | active → passive | — | — | reason, UTF-8 |
+//! | 6 Restart | active → passive | stream from (the active's start) | where the histories part | — |
+//!
+//! `Restart` is the full copy: the passive is too far behind to stream (the
+//! active released what it lacks), so it starts its journal again, empty,
+//! where the active's begins.
 //!
 //! A frame that fails any check (magic, version, kind, length limit, CRC)
 //! ends the stream: the passive reconnects and synchronises again, so a bad
@@ -50,6 +55,7 @@ pub enum Kind {
     Data = 3,
     Ack = 4,
     Refuse = 5,
+    Restart = 6,
 }
 
 impl Kind {
@@ -60,6 +66,7 @@ impl Kind {
             3 => Kind::Data,
             4 => Kind::Ack,
             5 => Kind::Refuse,
+            6 => Kind::Restart,
             _ => return None,
         })
     }
@@ -83,6 +90,10 @@ pub enum Frame<'a> {
         epoch: Epoch,
     },
     Refuse(String),
+    Restart {
+        stream_from: Offset,
+        diverged_at: Offset,
+    },
 }
 
 /// Why bytes on a replication stream are not a valid frame.
@@ -163,6 +174,15 @@ pub fn encode(frame: &Frame<'_>) -> Vec<u8> {
             stream_from,
         } => (Kind::Sync, stream_from.get(), truncate_to.get(), Vec::new()),
         Frame::Ack { durable, epoch } => (Kind::Ack, durable.get(), epoch.get(), Vec::new()),
+        Frame::Restart {
+            stream_from,
+            diverged_at,
+        } => (
+            Kind::Restart,
+            stream_from.get(),
+            diverged_at.get(),
+            Vec::new(),
+        ),
         Frame::Refuse(reason) => {
             let mut cut = reason.len().min(REFUSE_BYTES_MAX);
             while !reason.is_char_boundary(cut) {
@@ -199,7 +219,7 @@ pub fn decode(buf: &[u8], data_max: usize) -> Result<Option<(Frame<'_>, usize)>,
         Kind::Hello => 12 + 16 * HELLO_EPOCHS_MAX,
         Kind::Data => data_max,
         Kind::Refuse => REFUSE_BYTES_MAX,
-        Kind::Sync | Kind::Ack => 0,
+        Kind::Sync | Kind::Ack | Kind::Restart => 0,
     };
     if len > max {
         return Err(WireError::TooLong { kind, len, max });
@@ -252,6 +272,10 @@ pub fn decode(buf: &[u8], data_max: usize) -> Result<Option<(Frame<'_>, usize)>,
             epoch: Epoch(value),
         },
         Kind::Refuse => Frame::Refuse(String::from_utf8_lossy(payload).into_owned()),
+        Kind::Restart => Frame::Restart {
+            stream_from: Offset(offset),
+            diverged_at: Offset(value),
+        },
     };
     Ok(Some((frame, HEADER_BYTES + len)))
 }
@@ -281,6 +305,10 @@ mod tests {
                 epoch: Epoch(4),
             },
             Frame::Refuse("too far behind".into()),
+            Frame::Restart {
+                stream_from: Offset(1 << 26),
+                diverged_at: Offset(4096),
+            },
         ];
         for frame in frames {
             let bytes = encode(&frame);

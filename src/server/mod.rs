@@ -258,6 +258,7 @@ impl DataPlane {
                 limits,
                 settings: settings.clone(),
                 segment_bytes: profile.journal.segment_bytes,
+                saved_journals_max: ha.map_or(0, |ha| ha.saved_journals_max),
             };
             let shared = shared.clone();
             let thread = std::thread::Builder::new()

@@ -87,6 +87,8 @@ pub struct ShardConfig {
     pub settings: BrokerSettings,
     pub segment_bytes: u64,
     pub batch_bytes_max: usize,
+    /// A passive's journals kept aside before full copies (`ha.saved_journals_max`).
+    pub saved_journals_max: u32,
 }
 
 /// A shard's figures, published for the admin endpoint.
@@ -348,6 +350,7 @@ pub fn run(
         config.batch_bytes_max,
         crate::journal::batch_capacity(config.batch_bytes_max),
         config.segment_bytes,
+        config.saved_journals_max,
     );
     let epoch = journal.epoch();
     let committed = journal.durable_offset();
@@ -909,7 +912,11 @@ impl Shard {
 
     fn publish_stats(&mut self) {
         // Replicated HA (no epoch opened at start-up) reports its streams.
-        let replica = self.config.epoch.is_none().then(|| self.replica.snapshot());
+        let replica = self.config.epoch.is_none().then(|| ReplicaStats {
+            journal_start: self.journal.start_offset().get(),
+            journal_end: self.journal.end_offset().get(),
+            ..self.replica.snapshot()
+        });
         let stats = ShardStats {
             connections: self.conns.len(),
             destinations: self.broker.stats(),

@@ -28,7 +28,7 @@ use crate::io::{Completion, Owner, Ring, Token};
 use crate::journal::record::whole_records;
 use crate::journal::{Journal, LentBatch};
 use crate::replication::wire::{self, Frame, HEADER_BYTES};
-use crate::replication::{History, catchup};
+use crate::replication::{CatchupError, History, catchup};
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpStream};
@@ -111,6 +111,10 @@ pub struct ReplicaStats {
     pub last_catchup_bytes: u64,
     pub last_catchup_us: u64,
     pub last_error: Option<String>,
+    /// This server's journal of the shard: first retained offset and end
+    /// (a passive after a full copy starts where the active does).
+    pub journal_start: u64,
+    pub journal_end: u64,
 }
 
 /// One frame (or a catch-up chunk) waiting to be sent.
@@ -375,6 +379,11 @@ pub struct Leader {
     unacked_records: u64,
     /// When catch-up began and from where, until the passive is in sync.
     catchup_began: Option<(Instant, Offset)>,
+    /// What this stream's passive holds durably: where it was told to start
+    /// (`Sync`, `Restart`), then its acknowledgements. Unlike `peer_acked`
+    /// (commits never go back) it follows the passive it names, even one
+    /// that came back with less than an earlier one acknowledged.
+    acked: Offset,
 }
 
 /// Where the passive stands.
@@ -415,6 +424,8 @@ pub struct Replica {
     /// writes in one flush; half the writes of cap-sized chunks.
     chunk_bytes: usize,
     segment_bytes: u64,
+    /// Journals set aside before full copies, at most (per shard).
+    saved_journals_max: u32,
     pub stats: ReplicaStats,
     /// Stats changed in a way the control thread should see at once.
     pub dirty: bool,
@@ -439,6 +450,7 @@ impl Replica {
         batch_bytes_max: usize,
         batch_capacity: usize,
         segment_bytes: u64,
+        saved_journals_max: u32,
     ) -> Replica {
         Replica {
             role,
@@ -450,6 +462,7 @@ impl Replica {
             data_max: batch_capacity,
             chunk_bytes: 2 * batch_bytes_max,
             segment_bytes,
+            saved_journals_max,
             stats: ReplicaStats {
                 role: role.name().into(),
                 ..ReplicaStats::default()
@@ -485,8 +498,11 @@ impl Replica {
     /// The journal must keep everything from here (the passive may still
     /// need it).
     pub fn retain_from(&self) -> Option<Offset> {
-        match self.role {
-            Role::Lead => Some(self.peer_acked),
+        match (self.role, &self.leader) {
+            (Role::Lead, Some(leader)) if leader.phase != LeadPhase::AwaitHello => {
+                Some(leader.acked)
+            }
+            (Role::Lead, _) => Some(self.peer_acked),
             _ => None,
         }
     }
@@ -526,6 +542,7 @@ impl Replica {
             marks: VecDeque::new(),
             unacked_records: 0,
             catchup_began: None,
+            acked: Offset::ZERO,
         });
         self.stats.stream_up = true;
         self.dirty = true;
@@ -711,7 +728,7 @@ impl Replica {
         match (&mut self.leader, self.role) {
             (Some(leader), _) => {
                 let in_sync = match leader.phase {
-                    LeadPhase::Live { from, .. } => self.peer_acked >= from,
+                    LeadPhase::Live { from, .. } => leader.acked >= from,
                     _ => false,
                 };
                 if in_sync != self.stats.in_sync {
@@ -719,14 +736,14 @@ impl Replica {
                     self.dirty = true;
                 }
                 if in_sync && let Some((began, from)) = leader.catchup_began.take() {
-                    self.stats.last_catchup_bytes = self.peer_acked.get() - from.get();
+                    self.stats.last_catchup_bytes = leader.acked.get() - from.get();
                     self.stats.last_catchup_us = began.elapsed().as_micros() as u64;
                 }
-                self.stats.peer_durable = self.peer_acked.get();
+                self.stats.peer_durable = leader.acked.get();
                 self.stats.lag_bytes = journal
                     .end_offset()
                     .get()
-                    .saturating_sub(self.peer_acked.get());
+                    .saturating_sub(leader.acked.get());
                 self.stats.lag_records = leader.unacked_records;
             }
             (None, Role::Follow) => {
@@ -839,7 +856,7 @@ impl Replica {
                         end: journal.durable_offset(),
                         epochs: journal.epoch_starts().to_vec(),
                     };
-                    match catchup(&active, &passive) {
+                    let plan = match catchup(&active, &passive) {
                         Ok(plan) => {
                             tracing::info!(
                                 passive_end = passive.end.get(),
@@ -848,14 +865,41 @@ impl Replica {
                                 active_end = active.end.get(),
                                 "replication: passive connected; catching up"
                             );
-                            leader.stream.push(wire::encode(&Frame::Sync {
-                                truncate_to: plan.truncate_to,
-                                stream_from: plan.stream_from,
-                            }));
-                            leader.phase = LeadPhase::CatchUp {
-                                cursor: plan.stream_from,
-                            };
-                            leader.catchup_began = Some((Instant::now(), plan.stream_from));
+                            Ok((
+                                plan.stream_from,
+                                Frame::Sync {
+                                    truncate_to: plan.truncate_to,
+                                    stream_from: plan.stream_from,
+                                },
+                            ))
+                        }
+                        // What the passive lacks was released here: it
+                        // starts again where this journal begins.
+                        Err(CatchupError::TooFarBehind { at, start }) => {
+                            tracing::warn!(
+                                passive_end = passive.end.get(),
+                                diverged_at = at,
+                                stream_from = start,
+                                active_end = active.end.get(),
+                                "replication: the passive is too far behind to stream; \
+                                 sending it a full copy of the retained journal"
+                            );
+                            Ok((
+                                Offset(start),
+                                Frame::Restart {
+                                    stream_from: Offset(start),
+                                    diverged_at: Offset(at),
+                                },
+                            ))
+                        }
+                        Err(error) => Err(error),
+                    };
+                    match plan {
+                        Ok((from, frame)) => {
+                            leader.stream.push(wire::encode(&frame));
+                            leader.phase = LeadPhase::CatchUp { cursor: from };
+                            leader.acked = from;
+                            leader.catchup_began = Some((Instant::now(), from));
                         }
                         Err(error) => {
                             tracing::error!(%error, "replication: the passive cannot catch up");
@@ -871,6 +915,7 @@ impl Replica {
                         let (_, records) = leader.marks.pop_front().expect("front");
                         leader.unacked_records -= records;
                     }
+                    leader.acked = leader.acked.max(durable);
                     if durable > self.peer_acked {
                         self.peer_acked = durable;
                         commit = true;
@@ -930,9 +975,7 @@ impl Replica {
                                     );
                                     apply(Applied::Cut, journal);
                                 }
-                                follower.phase = FollowPhase::Applying;
-                                follower.ack_due = Some(journal.durable_offset());
-                                follower.acked = Offset::ZERO;
+                                follower.synced(journal);
                                 Ok(true)
                             }
                             Err(error) => {
@@ -941,6 +984,18 @@ impl Replica {
                         }
                     }
                 }
+                (
+                    Frame::Restart {
+                        stream_from,
+                        diverged_at,
+                    },
+                    FollowPhase::AwaitSync,
+                ) => restart_journal(journal, stream_from, diverged_at, self.saved_journals_max)
+                    .map(|()| {
+                        apply(Applied::Cut, journal);
+                        follower.synced(journal);
+                        true
+                    }),
                 (
                     Frame::Data {
                         offset,
@@ -1004,6 +1059,88 @@ impl Replica {
     pub fn snapshot(&mut self) -> ReplicaStats {
         self.dirty = false;
         self.stats.clone()
+    }
+}
+
+/// Starts the follower's journal again, empty, at `stream_from` (the
+/// active's start) for a full copy. Everything it holds below
+/// `diverged_at` is an older part of the active's log that the active
+/// released (settled), so it goes; if it holds anything past that point,
+/// its segments are moved to `<data_dir>/saved/<shard>.<n>` first, at most
+/// `saved_max` such copies per shard.
+fn restart_journal(
+    journal: &mut Journal,
+    stream_from: Offset,
+    diverged_at: Offset,
+    saved_max: u32,
+) -> Result<(), String> {
+    let save_to = if diverged_at < journal.end_offset() {
+        Some(saved_slot(journal.dir(), saved_max)?)
+    } else {
+        None
+    };
+    journal
+        .restart_at(stream_from, save_to.as_deref())
+        .map_err(|error| format!("cannot start the journal again at {stream_from}: {error}"))?;
+    match &save_to {
+        Some(path) => tracing::warn!(
+            from = stream_from.get(),
+            saved = %path.display(),
+            "replication: full copy from the active; this journal's own history is kept aside"
+        ),
+        None => tracing::warn!(
+            from = stream_from.get(),
+            "replication: full copy from the active; this journal held only records the active \
+             already released"
+        ),
+    }
+    Ok(())
+}
+
+/// The next free `<data_dir>/saved/<shard dir>.<n>` for `journal_dir`, or
+/// why none may be used (`max` copies already there).
+fn saved_slot(journal_dir: &std::path::Path, max: u32) -> Result<std::path::PathBuf, String> {
+    let name = journal_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let saved = journal_dir
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("saved");
+    let prefix = format!("{name}.");
+    let taken: Vec<u32> = match std::fs::read_dir(&saved) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix(&prefix)?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(format!("cannot list {}: {error}", saved.display())),
+    };
+    if taken.len() >= max as usize {
+        return Err(format!(
+            "a full copy from the active would set this journal aside, but {} already holds {} \
+             saved copies of {name} (ha.saved_journals_max = {max}); remove some to let it proceed",
+            saved.display(),
+            taken.len()
+        ));
+    }
+    let next = taken.iter().max().map_or(1, |n| n + 1);
+    Ok(saved.join(format!("{prefix}{next}")))
+}
+
+impl Follower {
+    /// The journal now ends where the active streams from: apply from here.
+    fn synced(&mut self, journal: &Journal) {
+        self.phase = FollowPhase::Applying;
+        self.ack_due = Some(journal.durable_offset());
+        self.acked = Offset::ZERO;
     }
 }
 
