@@ -499,12 +499,14 @@ fn scanned_range(dir: &std::path::Path) -> (u64, u64) {
 
 /// Waits until server `i`'s broker holds `count` messages.
 fn wait_messages(pair: &Pair, i: usize, count: usize) {
-    wait_for(READY_TIMEOUT, "the broker to hold the messages", || {
-        match status(pair, i)?.messages {
+    wait_for(
+        READY_TIMEOUT,
+        "the broker to hold the messages",
+        || match status(pair, i)?.messages {
             n if n == count => Ok(()),
             n => Err(format!("{} holds {n}, not {count}", pair.nodes[i].name)),
-        }
-    });
+        },
+    );
 }
 
 /// The saved journals (`<data_dir>/saved/shard-NNN.K`) under server `i`.
@@ -1061,7 +1063,10 @@ fn a_passive_too_far_behind_gets_a_full_copy_of_the_retained_journal() {
         log.contains("held only records the active already released"),
         "{log}"
     );
-    assert_eq!(saved_journals(&pair, SECONDARY), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        saved_journals(&pair, SECONDARY),
+        Vec::<std::path::PathBuf>::new()
+    );
     for (shard, ((start, _), old_end)) in journal_ranges(&pair, SECONDARY)
         .iter()
         .zip(&old_ends)

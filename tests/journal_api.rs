@@ -103,7 +103,11 @@ fn raw_copy_to_a_peer_journal_is_byte_identical() {
 fn spares_all_zero(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).unwrap().all(|entry| {
         let path = entry.unwrap().path();
-        let spare = path.file_name().unwrap().to_string_lossy().starts_with("spare-");
+        let spare = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("spare-");
         !spare || std::fs::read(&path).unwrap().iter().all(|&b| b == 0)
     })
 }
@@ -188,10 +192,7 @@ fn a_replica_too_far_behind_restarts_at_the_peers_start_and_keeps_its_old_log_as
     ));
     let saved = replica_dir.path().join("saved-1");
     replica.restart_at(from, Some(&saved)).unwrap();
-    assert_eq!(
-        (replica.start_offset(), replica.end_offset()),
-        (from, from)
-    );
+    assert_eq!((replica.start_offset(), replica.end_offset()), (from, from));
     assert_eq!(segment_bytes(&saved), old_segments);
     replica.wait_for_spares();
     assert!(

@@ -850,7 +850,7 @@ impl Journal {
         if self.in_flight.is_some() || self.durable != self.end || self.lent.is_some() {
             return Err(JournalError::Busy);
         }
-        if at.get() % self.options.segment_bytes != 0 {
+        if !at.get().is_multiple_of(self.options.segment_bytes) {
             return Err(JournalError::NotSegmentStart {
                 offset: at.get(),
                 segment_bytes: self.options.segment_bytes,

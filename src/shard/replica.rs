@@ -1203,3 +1203,6 @@ impl Leader {
             .count()
     }
 }
+
+#[cfg(test)]
+mod tests;
