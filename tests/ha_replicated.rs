@@ -1161,3 +1161,57 @@ fn a_diverged_passive_sets_its_journal_aside_before_a_full_copy() {
     stop_both(&mut pair, older);
     digest::assert_journals_identical(pair.data_dir(older), pair.data_dir(newer));
 }
+
+/// A long-running pair releases the segment holding its epoch's start
+/// record; after restarts neither server remembers where that epoch began.
+/// The former active still rejoins by streaming — both logs say their
+/// first bytes are that epoch's — with no full copy.
+#[test]
+fn a_former_active_rejoins_by_streaming_after_its_epoch_start_was_released() {
+    let mut pair = Pair::replicated();
+    start_pair(&mut pair, PRIMARY);
+    // The passive restarts (the active opens a new epoch meanwhile), then
+    // the pair runs on until that epoch's start record is released on both.
+    pair.stop(SECONDARY);
+    pair.wait_state(PRIMARY, "STANDALONE");
+    pair.start(SECONDARY);
+    wait_caught_up(&pair, PRIMARY);
+    let epoch_begun: Vec<u64> = journal_ranges(&pair, PRIMARY).iter().map(|r| r.1).collect();
+    churn_until_released(&pair, PRIMARY, &epoch_begun);
+    wait_caught_up(&pair, PRIMARY);
+    wait_for(READY_TIMEOUT, "the passive to release it too", || {
+        let ranges = journal_ranges(&pair, SECONDARY);
+        if ranges
+            .iter()
+            .zip(&epoch_begun)
+            .all(|((start, _), b)| start > b)
+        {
+            Ok(())
+        } else {
+            Err(format!("{ranges:?}, not past {epoch_begun:?}"))
+        }
+    });
+    let kept = send_all(&pair, PRIMARY, "kept-", 200);
+    wait_caught_up(&pair, PRIMARY);
+    pair.kill(PRIMARY);
+    pair.wait_state(SECONDARY, "STANDALONE");
+
+    let log_before = pair.log(PRIMARY).len();
+    pair.start(PRIMARY);
+    wait_caught_up(&pair, SECONDARY);
+    let log = &pair.log(PRIMARY)[log_before..];
+    assert!(
+        !log.contains("full copy") && !log.contains("dropped this journal's tail"),
+        "the former active kept its log and streamed what it lacked:\n{log}"
+    );
+    assert_eq!(
+        saved_journals(&pair, PRIMARY),
+        Vec::<std::path::PathBuf>::new()
+    );
+    wait_messages(&pair, PRIMARY, kept.len());
+    let delivered = drain(&pair, SECONDARY);
+    assert_exactly_once(&kept, &delivered);
+    wait_caught_up(&pair, SECONDARY);
+    stop_both(&mut pair, SECONDARY);
+    digest::assert_journals_identical(pair.data_dir(PRIMARY), pair.data_dir(SECONDARY));
+}

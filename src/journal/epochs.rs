@@ -61,6 +61,19 @@ impl EpochLog {
         &self.starts
     }
 
+    /// The epoch of the record at `offset` (at or after the first record):
+    /// that of the last epoch start at or before it, else the first
+    /// record's (`Epoch::NONE` for an empty log).
+    pub fn epoch_at(&self, offset: Offset) -> Epoch {
+        self.starts
+            .iter()
+            .rev()
+            .find(|&&(_, at)| at <= offset)
+            .map(|&(epoch, _)| epoch)
+            .or(self.first.map(|(epoch, _)| epoch))
+            .unwrap_or(Epoch::NONE)
+    }
+
     /// Checks whether a record of `kind` in `epoch` may follow.
     pub fn check(&self, kind: RecordKind, epoch: Epoch) -> Result<(), EpochViolation> {
         let current = self.current;

@@ -283,6 +283,16 @@ impl Journal {
         &self.report
     }
 
+    /// The epoch of the first retained record (`Epoch::NONE` when the log
+    /// holds none), known even once that epoch's start record is released.
+    pub fn first_epoch(&self) -> Epoch {
+        if self.end == self.start {
+            Epoch::NONE
+        } else {
+            self.epochs.epoch_at(self.start)
+        }
+    }
+
     /// First offset still retained.
     pub fn start_offset(&self) -> Offset {
         self.start

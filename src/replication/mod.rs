@@ -20,8 +20,89 @@ pub struct History {
     pub start: Offset,
     /// Offset just past the last durable record.
     pub end: Offset,
-    /// Epoch starts still in the log, oldest first.
+    /// Epoch starts known to the journal, oldest first (some may lie
+    /// below `start`, released since they were read).
     pub epochs: Vec<(Epoch, Offset)>,
+    /// The epoch of the bytes at `start` (`Epoch::NONE` for an empty log):
+    /// what the log says of its first retained bytes once the start record
+    /// of their epoch is released.
+    pub first: Epoch,
+}
+
+impl History {
+    /// The newest epoch in the log.
+    fn newest(&self) -> Epoch {
+        self.epochs.last().map_or(self.first, |&(e, _)| e)
+    }
+
+    /// Where the log can say which epoch wrote each byte: its start, or
+    /// further back where it still knows released epoch starts.
+    fn known_from(&self) -> Offset {
+        self.epochs
+            .first()
+            .map_or(self.start, |&(_, at)| at.min(self.start))
+    }
+
+    /// Which epoch wrote the bytes from `known_from()` to `end`, as runs of
+    /// one epoch each.
+    fn runs(&self) -> Vec<Run> {
+        let mut runs = Vec::new();
+        if self.end <= self.start {
+            return runs;
+        }
+        if self.epochs.first().is_none_or(|&(_, at)| at > self.start) {
+            let to = self
+                .epochs
+                .first()
+                .map_or(self.end, |&(_, at)| at.min(self.end));
+            runs.push(Run {
+                epoch: self.first,
+                began: None,
+                from: self.start,
+                to,
+            });
+        }
+        for (i, &(epoch, began)) in self.epochs.iter().enumerate() {
+            let to = self
+                .epochs
+                .get(i + 1)
+                .map_or(self.end, |&(_, next)| next.min(self.end));
+            runs.push(Run {
+                epoch,
+                began: Some(began),
+                from: began,
+                to,
+            });
+        }
+        runs
+    }
+}
+
+/// Bytes of one epoch in a log.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    epoch: Epoch,
+    began: Option<Offset>,
+    from: Offset,
+    to: Offset,
+}
+
+impl Run {
+    /// Whether two logs' bytes in these runs are the same bytes. One server
+    /// writes an epoch (the lock file hands each out once), and every copy
+    /// of it is a prefix of that server's, so the same epoch means the same
+    /// bytes — unless both logs say where it began and they disagree.
+    fn same_as(&self, other: &Run) -> bool {
+        self.epoch == other.epoch
+            && match (self.began, other.began) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+fn run_at(runs: &[Run], x: Offset) -> Option<&Run> {
+    runs.iter().find(|r| r.from <= x && x < r.to)
 }
 
 /// How a passive catches up.
@@ -37,7 +118,9 @@ pub struct Catchup {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatchupError {
     /// The point where the histories part lies before the active's retained
-    /// log: the passive needs a full copy.
+    /// log: the passive needs a full copy. Every passive byte below `at` is
+    /// the active's (so `at` at or past the passive's end means the passive
+    /// holds nothing of its own).
     #[error(
         "the passive diverges at offset {at}, before the active's retained log starting at {start}: a full resynchronisation is needed"
     )]
@@ -50,51 +133,77 @@ pub enum CatchupError {
 }
 
 /// Where `passive`'s history stops agreeing with `active`'s.
+///
+/// Both logs are cut into runs of one epoch; where both hold bytes, they
+/// agree up to the first offset whose runs differ. Bytes the passive holds
+/// below the active's start cannot be compared: they are trusted only when
+/// the passive's run there continues into the active's first bytes (the
+/// same epoch), else they part at the passive's start.
 pub fn catchup(active: &History, passive: &History) -> Result<Catchup, CatchupError> {
-    let newest = |h: &History| h.epochs.last().map_or(Epoch::NONE, |&(e, _)| e);
-    if newest(passive) > newest(active) {
+    if passive.newest() > active.newest() {
         return Err(CatchupError::PassiveAhead {
-            passive: newest(passive).get(),
-            active: newest(active).get(),
+            passive: passive.newest().get(),
+            active: active.newest().get(),
         });
     }
-    // Both lists may have lost old epochs to released segments: compare
-    // from the first epoch that both still record.
-    let first_common = active
-        .epochs
-        .iter()
-        .find(|(e, _)| passive.epochs.iter().any(|(p, _)| p == e));
-    let mut point = active.end.min(passive.end);
-    match first_common {
-        Some(&(epoch, _)) => {
-            let a = active.epochs.iter().skip_while(|(e, _)| *e != epoch);
-            let mut p = passive.epochs.iter().skip_while(|(e, _)| *e != epoch);
-            for &(a_epoch, a_start) in a {
-                match p.next() {
-                    Some(&(p_epoch, p_start)) if (p_epoch, p_start) == (a_epoch, a_start) => {
-                        continue;
-                    }
-                    // The same epoch at another offset, or another epoch:
-                    // the histories part at the earlier of the two starts.
-                    Some(&(_, p_start)) => point = point.min(a_start).min(p_start),
-                    // The passive never saw this epoch: it lacks everything from its start.
-                    None => point = point.min(a_start),
-                }
-                break;
-            }
-            // An epoch only the passive has (it led while the active did not).
-            if let Some(&(_, p_start)) = p.next() {
-                point = point.min(p_start);
-            }
+    let (a_runs, p_runs) = (active.runs(), passive.runs());
+    // Where both can say which epoch wrote each byte.
+    let known = active.known_from();
+    let from = known.max(passive.start);
+    let to = active.end.min(passive.end);
+    let point = if passive.end <= passive.start {
+        // Nothing held: nothing to disagree with.
+        passive.end
+    } else if from < to {
+        // Passive bytes below what the active knows are its only if the
+        // run holding them reaches the known range unchanged. (The same
+        // epoch on both sides at `from`: its one writer began it after
+        // agreeing on everything before, as did every copy.)
+        let below_trusted = passive.start >= known
+            || matches!(
+                (run_at(&a_runs, from), run_at(&p_runs, from)),
+                (Some(a), Some(p)) if a.same_as(p)
+            );
+        if below_trusted {
+            // The first offset of the common range where the runs differ.
+            let mut edges: Vec<Offset> = a_runs
+                .iter()
+                .chain(&p_runs)
+                .flat_map(|r| [r.from, r.to])
+                .filter(|&x| from < x && x < to)
+                .collect();
+            edges.push(from);
+            edges.sort();
+            edges
+                .into_iter()
+                .find(|&x| match (run_at(&a_runs, x), run_at(&p_runs, x)) {
+                    (Some(a), Some(p)) => !a.same_as(p),
+                    _ => true,
+                })
+                .unwrap_or(to)
+        } else {
+            passive.start
         }
-        // No epoch both still record: nothing proves any byte agrees, so
-        // they part at the very beginning (a full copy unless the active
-        // still holds its log from there).
-        None => point = Offset::ZERO,
-    }
+    } else if passive.end <= known {
+        // Wholly below what the active knows: merely behind if its last
+        // run is the epoch the active's knowledge begins with.
+        match (p_runs.last(), run_at(&a_runs, known)) {
+            (Some(p), Some(a)) if p.same_as(a) => passive.end,
+            _ => passive.start,
+        }
+    } else {
+        // Wholly past the active's end: none of it is the active's.
+        passive.start
+    };
     if point < active.start {
         return Err(CatchupError::TooFarBehind {
             at: point.get(),
+            start: active.start.get(),
+        });
+    }
+    if point < passive.start || point > active.end {
+        return Err(CatchupError::TooFarBehind {
+            at: passive.start.get(),
             start: active.start.get(),
         });
     }

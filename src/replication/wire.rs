@@ -16,7 +16,7 @@
 //!
 //! | kind | dir | offset | value | payload |
 //! |------|-----|--------|-------|---------|
-//! | 1 Hello  | passive → active | its end | its epoch | history: start u64, n u32, n × (epoch u64, offset u64) |
+//! | 1 Hello  | passive → active | its end | epoch of its first retained record | history: start u64, n u32, n × (epoch u64, offset u64) |
 //! | 2 Sync   | active → passive | stream from | truncate to | — |
 //! | 3 Data   | active → passive | first byte's offset | active's epoch | whole records |
 //! | 4 Ack    | passive → active | durable offset | its epoch | — |
@@ -38,8 +38,9 @@ use crate::ids::{Epoch, Offset};
 pub const HEADER_BYTES: usize = 32;
 /// "TR".
 const MAGIC: [u8; 2] = *b"TR";
-/// Version of this frame layout.
-const VERSION: u8 = 1;
+/// Version of this frame layout (2: `Hello` names the epoch of the
+/// passive's first retained record).
+const VERSION: u8 = 2;
 /// Most epoch starts a hello may carry: far more than a journal ever
 /// retains (one per activation), small enough to bound the allocation.
 pub const HELLO_EPOCHS_MAX: usize = 65_536;
@@ -166,8 +167,7 @@ pub fn encode(frame: &Frame<'_>) -> Vec<u8> {
                 p.extend_from_slice(&epoch.get().to_le_bytes());
                 p.extend_from_slice(&offset.get().to_le_bytes());
             }
-            let epoch = history.epochs.last().map_or(0, |(e, _)| e.get());
-            (Kind::Hello, history.end.get(), epoch, p)
+            (Kind::Hello, history.end.get(), history.first.get(), p)
         }
         Frame::Sync {
             truncate_to,
@@ -256,6 +256,7 @@ pub fn decode(buf: &[u8], data_max: usize) -> Result<Option<(Frame<'_>, usize)>,
                 start: Offset(u64_at(payload, 0)),
                 end: Offset(offset),
                 epochs,
+                first: Epoch(value),
             })
         }
         Kind::Sync => Frame::Sync {
@@ -289,6 +290,7 @@ mod tests {
             start: Offset(4096),
             end: Offset(90_000),
             epochs: vec![(Epoch(2), Offset(4096)), (Epoch(5), Offset(60_000))],
+            first: Epoch(2),
         }
     }
 

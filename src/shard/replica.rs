@@ -703,6 +703,7 @@ impl Replica {
                     start: journal.start_offset(),
                     end: journal.end_offset(),
                     epochs: journal.epoch_starts().to_vec(),
+                    first: journal.first_epoch(),
                 };
                 follower.stream.push(wire::encode(&Frame::Hello(history)));
                 follower.phase = FollowPhase::AwaitSync;
@@ -855,6 +856,7 @@ impl Replica {
                         start: journal.start_offset(),
                         end: journal.durable_offset(),
                         epochs: journal.epoch_starts().to_vec(),
+                        first: journal.first_epoch(),
                     };
                     let plan = match catchup(&active, &passive) {
                         Ok(plan) => {

@@ -248,6 +248,7 @@ fn records_of_a_deposed_active_are_refused_and_those_of_the_current_one_applied(
             start: Offset::ZERO,
             end,
             epochs: vec![(Epoch(4), Offset::ZERO), (Epoch(5), Offset(32))],
+            first: Epoch(4),
         })
     );
     let sync = wire::encode(&Frame::Sync {
