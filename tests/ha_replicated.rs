@@ -514,7 +514,8 @@ fn saved_journals(pair: &Pair, i: usize) -> Vec<std::path::PathBuf> {
     let saved = pair.data_dir(i).join("saved");
     let mut dirs: Vec<_> = match std::fs::read_dir(&saved) {
         Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-        Err(_) => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("list {}: {e}", saved.display()),
     };
     dirs.sort();
     dirs

@@ -1,15 +1,19 @@
-//! Replication between the shards of a pair (issue 5 builds the streams on
-//! top of this). So far: the catch-up rule — where a passive's history stops
-//! agreeing with the active's — as a pure function.
+//! Replication between the shards of a pair: the catch-up rule — where a
+//! passive's history stops agreeing with the active's — as a pure function
+//! (`catchup`), and the stream's wire format (`wire`; the streams
+//! themselves run in `shard::replica`).
 //!
-//! Both journals are byte-identical wherever they agree, and every epoch
-//! opens with an epoch-start record at a known offset. Two histories agree up
-//! to the first epoch that is not the same epoch starting at the same offset
-//! in both; from there on the passive's bytes are not the active's. The
-//! passive truncates to that point and the active streams from it.
+//! One server writes each epoch (the lock file hands each out once), and
+//! every copy of an epoch is a prefix of that server's. So where two logs
+//! hold bytes of the same epoch at the same offset, they hold the same
+//! bytes; the rule cuts each log into runs of one epoch and finds the first
+//! offset where the runs differ. The passive truncates there and the active
+//! streams from it; a point before the active's retained log means a full
+//! copy.
 //!
 //! What it must never do: keep a passive byte the active does not have at
-//! the same offset, or stream from before the active's retained log.
+//! the same offset (nor call one the active's when a full copy decides
+//! what to set aside), or stream from before the active's retained log.
 
 use crate::ids::{Epoch, Offset};
 
@@ -201,7 +205,9 @@ pub fn catchup(active: &History, passive: &History) -> Result<Catchup, CatchupEr
             start: active.start.get(),
         });
     }
-    if point < passive.start || point > active.end {
+    // A passive that starts past the active's end (empty, or holding
+    // none of the active's bytes) cannot be streamed to either.
+    if point > active.end {
         return Err(CatchupError::TooFarBehind {
             at: passive.start.get(),
             start: active.start.get(),

@@ -80,35 +80,30 @@ impl Passive {
         let dir = tempfile::tempdir().unwrap();
         let journal = journal_with(&dir.path().join("shard-000"), Offset::ZERO, records);
         let options = options();
-        let replica = Replica::new(
+        let mut replica = Replica::new(
             Role::Follow,
             options.batch_bytes_max,
             crate::journal::batch_capacity(options.batch_bytes_max),
             options.segment_bytes,
             saved_max,
         );
-        let (mine, _) = socket_pair();
-        let mut passive = Passive {
+        let active = stream_to(&mut replica);
+        Passive {
             dir,
             ring: Ring::new(64).unwrap(),
             journal,
             replica,
-            active: mine,
+            active,
             inbox: Vec::new(),
             applied_bytes: 0,
             cuts: 0,
-        };
-        passive.reconnect();
-        passive
+        }
     }
 
     /// A new stream from the active (the passive dials again).
     fn reconnect(&mut self) {
-        let (active, passive) = socket_pair();
-        active.set_nonblocking(true).unwrap();
-        self.active = active;
+        self.active = stream_to(&mut self.replica);
         self.inbox.clear();
-        self.replica.follow(passive);
     }
 
     /// One turn of the shard loop, as far as the replica and journal go.
@@ -213,11 +208,15 @@ impl Passive {
     }
 }
 
-fn socket_pair() -> (TcpStream, TcpStream) {
+/// Gives `replica` a loopback stream to follow; returns the test's (the
+/// active's) end, non-blocking.
+fn stream_to(replica: &mut Replica) -> TcpStream {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dialed = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (accepted, _) = listener.accept().unwrap();
-    (dialed, accepted)
+    let active = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (passive, _) = listener.accept().unwrap();
+    active.set_nonblocking(true).unwrap();
+    replica.follow(passive);
+    active
 }
 
 use RecordKind::{EpochStart, Opaque};
