@@ -262,3 +262,42 @@ fn consumed_messages_release_their_journal_segments() {
         server.status().journal_segments < grown
     });
 }
+
+/// The client has no reader thread: whichever caller waits reads the
+/// socket. A subscription blocked in a long receive is the reader while a
+/// producer on the same connection, in another thread, waits for its acks:
+/// the reader files them and wakes it, so no send waits out its (short)
+/// request timeout; then the receiver gets the message meant for it.
+#[test]
+fn callers_sharing_a_connection_each_get_their_answers() {
+    let server = ServerProcess::start(2, "");
+    let c = Client::connect(
+        &server.url(),
+        ClientOptions {
+            request_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let sub = c.subscribe("/queue/shared-reader-in", None, 10).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let delivery = sub.receive(Duration::from_secs(10)).unwrap();
+        delivery.map(|d| String::from_utf8(d.body.to_vec()).unwrap())
+    });
+    let mut producer = c.producer(ProducerOptions {
+        window: 1,
+        ..ProducerOptions::default()
+    });
+    for i in 0..50 {
+        producer
+            .send_and_wait("/queue/shared-reader-out", Bytes::from(format!("m{i}")))
+            .unwrap_or_else(|e| panic!("send {i} while another caller reads: {e}"));
+    }
+    producer
+        .send_and_wait("/queue/shared-reader-in", Bytes::from("for the receiver"))
+        .unwrap();
+    assert_eq!(
+        receiver.join().unwrap().as_deref(),
+        Some("for the receiver")
+    );
+}

@@ -144,7 +144,9 @@ fn produce(p: usize, url: &str, stop: &AtomicBool, acked: &AtomicUsize) -> Produ
         assert_eq!(sequence, n, "one sequence per send, in order");
         log.attempted.insert(sequence, tag(p, n));
         take(&mut producer, &mut log);
-        std::thread::sleep(SEND_EVERY);
+        producer
+            .pause_until(Instant::now() + SEND_EVERY)
+            .unwrap_or_else(|e| panic!("producer {p}: pause: {e}"));
     }
     producer
         .flush(FLUSH_TIMEOUT)

@@ -635,6 +635,18 @@ impl DurableProducer {
         self.run(|p, client| p.wait_until(client, deadline, |p| p.outbox.is_empty()))
     }
 
+    /// Takes answers as they arrive until `until`, riding through
+    /// failovers: the pause of a paced producer. The client reads its
+    /// socket only while a caller waits, so a producer that slept instead
+    /// would stamp the acks that came meanwhile (`SendAck::received_at`)
+    /// only at its next call.
+    pub fn pause_until(&mut self, until: Instant) -> Result<(), ClientError> {
+        match self.run(|p, client| p.wait_until(client, until, |_| false)) {
+            Ok(()) | Err(ClientError::Timeout(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Acknowledgements that arrived since the last call: (sequence, ack).
     pub fn take_acked(&mut self) -> Vec<(u64, SendAck)> {
         std::mem::take(&mut self.acked)
@@ -991,7 +1003,7 @@ impl DurableSubscription {
         }
         // A subscription whose connection was lost but not yet replaced is
         // noticed here: make the connection over.
-        if let Some(why) = client.state().lost.clone() {
+        if let Some(why) = client.lost() {
             return Err(ClientError::Closed(why));
         }
         let subscription = client.subscribe(

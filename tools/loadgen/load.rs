@@ -416,8 +416,10 @@ fn produce(p: usize, config: &Config, shared: &Shared) -> Produced {
         let intended = match interval {
             Some(interval) => {
                 let at = start + interval.mul_f64(n as f64);
-                if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
+                if let Err(error) = producer.pause_until(at) {
+                    eprintln!("producer {p}: {error}");
+                    out.errors += 1;
+                    break;
                 }
                 at
             }
