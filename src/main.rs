@@ -582,9 +582,14 @@ fn print_status(addr: std::net::SocketAddr, s: &twinmq::admin::Status) {
         s.uptime_ms as f64 / 1000.0
     );
     println!(
-        "  shards {}, connections {}, messages {}, journal {} segment(s) holding {} bytes, rss {:.1} MiB",
+        "  shards {}, connections {} ({} by shard), messages {}, journal {} segment(s) holding {} bytes, rss {:.1} MiB",
         s.shards,
         s.connections,
+        s.shard_connections
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" + "),
         s.messages,
         s.journal_segments,
         s.journal_bytes,

@@ -301,3 +301,38 @@ fn callers_sharing_a_connection_each_get_their_answers() {
         Some("for the receiver")
     );
 }
+
+/// A connection moves to the shard that owns the destination of its first
+/// SEND or SUBSCRIBE, whichever shard the kernel handed it to, and serves
+/// from there: every connection ends up counted on its queue's owner, and
+/// each gets its own message back.
+#[test]
+fn a_connection_moves_to_the_shard_of_its_first_destination() {
+    const SHARDS: u32 = 2;
+    const CLIENTS: usize = 8;
+    let server = ServerProcess::start(SHARDS, "");
+    let queue = |i: usize| format!("/queue/placed-{i}");
+    let clients: Vec<Client> = (0..CLIENTS).map(|_| client(&server)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        let mut producer = c.producer(ProducerOptions {
+            window: 1,
+            ..ProducerOptions::default()
+        });
+        producer
+            .send_and_wait(&queue(i), Bytes::from(format!("for {i}")))
+            .unwrap();
+    }
+    let mut expected = vec![0usize; SHARDS as usize];
+    for i in 0..CLIENTS {
+        let destination = queue(i).parse().unwrap();
+        expected[usize::from(twinmq::shard::owner(&destination, SHARDS as usize).0)] += 1;
+    }
+    // Statistics are published every 200 ms.
+    server::wait_until(WAIT, "connections counted on their queues' shards", || {
+        server.status().shard_connections == expected
+    });
+    for (i, c) in clients.iter().enumerate() {
+        let sub = c.subscribe(&queue(i), None, 1).unwrap();
+        assert_eq!(take(&sub, 1), vec![format!("for {i}")]);
+    }
+}

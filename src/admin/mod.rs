@@ -43,6 +43,10 @@ pub struct Status {
     pub client_listen: String,
     pub shards: usize,
     pub connections: usize,
+    /// Client connections per shard, in shard order. A connection moves to
+    /// the shard owning the destination of its first SEND or SUBSCRIBE.
+    #[serde(default)]
+    pub shard_connections: Vec<usize>,
     pub messages: usize,
     pub cached_bytes: usize,
     pub journal_bytes: u64,
@@ -196,6 +200,7 @@ pub fn data_status(identity: &Identity, shared: &Shared) -> Status {
         let stats = stats.lock().expect("stats lock");
         status.replication.extend(stats.replica.clone());
         status.connections += stats.connections;
+        status.shard_connections.push(stats.connections);
         status.messages += stats.messages;
         status.cached_bytes += stats.cached_bytes;
         status.journal_bytes += stats.journal_end - stats.journal_start;

@@ -229,7 +229,7 @@ impl DataPlane {
             stats.journal_start = journal.start_offset().get();
             stats.journal_end = journal.end_offset().get();
         }
-        let max_connections = (profile.server.max_connections as usize).div_ceil(shards);
+        let max_connections = profile.server.max_connections as usize;
         let mut threads = Vec::with_capacity(shards);
         for (index, ((journal, broker), (listener, mesh))) in journals
             .into_iter()

@@ -8,7 +8,7 @@
 
 use super::refusal_code;
 use crate::broker::{AfterDurable, Command, ConsumerKey, MessageData, Output, SendCommand};
-use crate::ids::{ConnId, Epoch, MessageId};
+use crate::ids::{ConnId, Epoch, MessageId, ShardId};
 use crate::io::{Owner, Ring, Token};
 use crate::protocol::{self, Destination, ErrorCode, ErrorFrame, Frame, Limits};
 use io_uring::{opcode, types};
@@ -63,6 +63,13 @@ pub struct Conn {
     welcome: protocol::Welcome,
     /// What `AckMode::Default` means here: the profile's `ha.ack_mode`.
     default_local_ack: bool,
+    /// Whether the connection has settled on its shard: from its first
+    /// request on, the broker may hold state under its id (consumers,
+    /// answers on their way), so it stays. Before it, it can move.
+    placed: bool,
+    /// The shard this connection is to move to: the owner of the
+    /// destination its first request names (see `received`).
+    move_to: Option<ShardId>,
 }
 
 impl Conn {
@@ -90,6 +97,8 @@ impl Conn {
             shut: false,
             welcome,
             default_local_ack,
+            placed: false,
+            move_to: None,
         }
     }
 
@@ -260,10 +269,50 @@ impl Conn {
             return;
         }
         self.rlen += result as usize;
+        self.decode(limits, now_ms, shared, requests);
+    }
+
+    /// Takes the connection over on its new shard, under the id `id`, and
+    /// decodes what it received (the first request, left undecoded where
+    /// it was, comes first).
+    pub fn adopted(
+        &mut self,
+        id: ConnId,
+        limits: &Limits,
+        now_ms: u64,
+        shared: &super::Shared,
+        requests: &mut Vec<Request>,
+    ) {
+        assert!(
+            self.move_to == Some(id.shard) && !self.recv_in_flight && !self.send_in_flight,
+            "a connection moves only to the shard it chose, with no I/O in flight"
+        );
+        self.id = id;
+        self.move_to = None;
+        self.decode(limits, now_ms, shared, requests);
+    }
+
+    /// The shard this connection is to move to, if it chose one.
+    pub fn move_to(&self) -> Option<ShardId> {
+        self.move_to
+    }
+
+    fn decode(
+        &mut self,
+        limits: &Limits,
+        now_ms: u64,
+        shared: &super::Shared,
+        requests: &mut Vec<Request>,
+    ) {
         let mut consumed = 0;
         while self.closing == Closing::Open {
             match protocol::decode(&self.rbuf[consumed..self.rlen], limits) {
                 Ok(Some((frame, len))) => {
+                    if self.moves_for(&frame, shared.shards()) {
+                        // Left in the buffer: the new shard decodes it again
+                        // under the connection's new id.
+                        break;
+                    }
                     consumed += len;
                     self.frame(frame, now_ms, shared, requests);
                 }
@@ -284,6 +333,38 @@ impl Conn {
         {
             self.rbuf.resize(need, 0);
         }
+    }
+
+    /// Places the connection at its first request: a SEND or SUBSCRIBE for
+    /// a destination another shard owns moves it there (so its sends and
+    /// deliveries need no hop between shards and the thread wake-up each
+    /// costs, both ways); any other first request keeps it here. Whether
+    /// it moves now.
+    fn moves_for(&mut self, frame: &Frame, shards: usize) -> bool {
+        if self.placed || !self.welcomed {
+            return false;
+        }
+        let destination = match frame {
+            Frame::Send(send) => Some(send.destination.as_str()),
+            Frame::Subscribe(subscribe) => Some(subscribe.destination.as_str()),
+            Frame::Ping(_) => return false,
+            _ => None,
+        };
+        self.placed = true;
+        let Some(owner) = destination
+            .and_then(|d| d.parse::<Destination>().ok())
+            .map(|d| super::owner(&d, shards))
+        else {
+            return false;
+        };
+        // A send in flight holds a buffer this shard's ring writes from:
+        // only a connection with none can move (output not yet handed to
+        // the kernel moves with it).
+        if owner == self.id.shard || self.send_in_flight || !self.sending.is_empty() {
+            return false;
+        }
+        self.move_to = Some(owner);
+        true
     }
 
     fn refuse(&mut self, request_id: u64, code: ErrorCode, text: String) {

@@ -22,6 +22,9 @@ pub enum ShardMsg {
     Command(Command),
     /// For a connection owned by the receiving shard.
     Output(Output),
+    /// A connection moving to the receiving shard, which owns the
+    /// destination of its first request (`Conn::move_to`).
+    Adopt(Box<super::conn::Conn>),
 }
 
 /// One shard's ends of the mesh.

@@ -41,7 +41,7 @@ use replica::Replica;
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +82,7 @@ pub struct ShardConfig {
     /// Apply replicated records to the broker as they arrive (hot standby).
     pub hot_standby: bool,
     pub socket: SocketOptions,
+    /// Client connections open at once on all shards (`Shared::connections`).
     pub max_connections: usize,
     pub limits: Limits,
     pub settings: BrokerSettings,
@@ -120,6 +121,9 @@ pub struct Shared {
     /// Requests from the HA control thread, per shard (the shard is woken
     /// through its mesh eventfd after a push).
     pub controls: Vec<Mutex<VecDeque<ShardControl>>>,
+    /// Client connections open on all shards (they move between shards,
+    /// so the server's limit is kept here, not per shard).
+    pub connections: AtomicUsize,
 }
 
 impl Shared {
@@ -132,7 +136,12 @@ impl Shared {
                 .map(|_| Mutex::new(ShardStats::default()))
                 .collect(),
             controls: (0..shards).map(|_| Mutex::new(VecDeque::new())).collect(),
+            connections: AtomicUsize::new(0),
         })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.stats.len()
     }
 }
 
@@ -596,6 +605,7 @@ impl Shard {
                 match msg {
                     ShardMsg::Command(command) => self.local.push_back(command),
                     ShardMsg::Output(output) => self.send_to_connection(output),
+                    ShardMsg::Adopt(conn) => self.adopt(*conn),
                 }
             }
             if last_tick.elapsed() >= TICK {
@@ -623,7 +633,10 @@ impl Shard {
             unsafe { self.ring.push(&entry)? };
             self.wake_armed = true;
         }
-        if self.accepting && !self.accept_armed && self.conns.len() < self.config.max_connections {
+        if self.accepting
+            && !self.accept_armed
+            && self.shared.connections.load(Ordering::Relaxed) < self.config.max_connections
+        {
             let entry = opcode::Accept::new(
                 types::Fd(self.listener.as_raw_fd()),
                 std::ptr::null_mut(),
@@ -797,9 +810,12 @@ impl Shard {
                     &self.shared,
                     &mut requests,
                 );
-                for request in requests {
-                    let owner = owner(&request.destination, self.config.shards);
-                    self.send_to_shard(owner, request.command);
+                let move_to = conn.move_to();
+                self.route_requests(requests);
+                if let Some(to) = move_to {
+                    let conn = self.conns.remove(&seq).expect("present");
+                    self.mesh.send(to, ShardMsg::Adopt(Box::new(conn)));
+                    return Ok(());
                 }
                 self.reap_if_closed(seq);
             }
@@ -813,6 +829,34 @@ impl Shard {
             None => tracing::error!(token = token.0, "completion with an unknown owner"),
         }
         Ok(())
+    }
+
+    fn route_requests(&mut self, requests: Vec<conn::Request>) {
+        for request in requests {
+            let owner = owner(&request.destination, self.config.shards);
+            self.send_to_shard(owner, request.command);
+        }
+    }
+
+    /// Takes over a connection another shard accepted: this shard owns the
+    /// destination of its first request, which it now decodes.
+    fn adopt(&mut self, mut conn: Conn) {
+        self.next_conn += 1;
+        let seq = self.next_conn;
+        let id = crate::ids::ConnId {
+            shard: self.config.id,
+            seq,
+        };
+        let mut requests = Vec::new();
+        conn.adopted(
+            id,
+            &self.config.limits,
+            now_ms(),
+            &self.shared,
+            &mut requests,
+        );
+        self.conns.insert(seq, conn);
+        self.route_requests(requests);
     }
 
     fn accepted(&mut self, fd: i32) {
@@ -839,7 +883,7 @@ impl Shard {
             frame_bytes_max: self.config.limits.frame_bytes_max,
         };
         let mut conn = Conn::new(id, stream, deadline, welcome, self.config.default_local_ack);
-        if self.conns.len() >= self.config.max_connections {
+        if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= self.config.max_connections {
             conn.fail(ErrorCode::TooManyConnections, "too many connections".into());
         }
         self.conns.insert(seq, conn);
@@ -854,6 +898,7 @@ impl Shard {
         let conn = self.conns.remove(&seq).expect("present");
         let id = conn.id();
         drop(conn);
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         for shard in 0..self.config.shards {
             self.send_to_shard(ShardId(shard as u16), Command::Disconnected(id));
         }
