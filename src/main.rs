@@ -179,6 +179,11 @@ enum BenchCommand {
         /// MiB sent to the active while the passive is down.
         #[arg(long, default_value_t = 200)]
         catchup_mib: u64,
+        /// Put the catching-up passive's journal in this directory, on
+        /// another device than --dir (see the README's "Catch-up on two
+        /// disks"); its write floor is measured too.
+        #[arg(long)]
+        passive_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -197,6 +202,11 @@ enum BenchCommand {
         /// MiB sent to the active while the passive is down.
         #[arg(long, default_value_t = 200)]
         catchup_mib: u64,
+        /// Put the catching-up passive's journal in this directory, on
+        /// another device than --dir (see the README's "Catch-up on two
+        /// disks"); its write floor is measured too.
+        #[arg(long)]
+        passive_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -326,6 +336,7 @@ fn main() -> ExitCode {
                     seconds,
                     runs_takeover,
                     catchup_mib,
+                    passive_dir,
                     json,
                 },
         } => bench_replicated(
@@ -334,6 +345,7 @@ fn main() -> ExitCode {
                 seconds,
                 runs_takeover,
                 catchup_mib,
+                passive_dir,
             },
             json,
         ),
@@ -346,6 +358,7 @@ fn main() -> ExitCode {
                     takeovers,
                     backlog,
                     catchup_mib,
+                    passive_dir,
                     json,
                 },
         } => bench_suite(
@@ -356,6 +369,7 @@ fn main() -> ExitCode {
                 takeovers,
                 backlog,
                 catchup_mib,
+                passive_dir,
             },
             json,
         ),

@@ -154,8 +154,14 @@ fn bench_suite_prints_one_table_of_medians_beside_floors_and_targets() {
 #[test]
 fn bench_replicated_json_reports_every_figure_beside_its_floor() {
     let dir = tempfile::tempdir().unwrap();
+    // The catch-up's passive moves to another directory (a stand-in for
+    // another disk; the suite's test covers the same-disk default).
+    let passive_dir = tempfile::tempdir().unwrap();
     let output = bench_json(
-        "replicated --seconds 0.3 --runs-takeover 1 --catchup-mib 4",
+        &format!(
+            "replicated --seconds 0.3 --runs-takeover 1 --catchup-mib 4 --passive-dir {}",
+            passive_dir.path().display()
+        ),
         dir.path(),
     );
     if !output.status.success() {
@@ -224,11 +230,18 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
         "total_s",
         "streaming_s",
         "streaming_mib_s",
+        "floor_mib_s",
         "ratio",
-        "copy_ratio",
     ] {
         positive(&report, &["catchup", figure]);
     }
+    // Held to the passive's own disk, not to a same-disk copy.
+    assert_eq!(report["catchup"]["passive_dir"], true);
+    assert!(report["catchup"]["copy_ratio"].is_null());
+    let passive_write = positive(&report, &["floors", "passive_disk_write_mib_s"]);
+    let loopback = positive(&report, &["floors", "loopback_mib_s"]);
+    let floor = positive(&report, &["catchup", "floor_mib_s"]);
+    assert!((floor - passive_write.min(loopback)).abs() < 1e-6, "{floor}");
     positive(&report, &["floors", "disk_copy_mib_s"]);
     positive(&report, &["single_16k_mib_s"]);
     positive(&report, &["pair_16k_mib_s"]);
@@ -248,6 +261,7 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
     // under the directory, and journals, profiles and logs are gone.
     assert_eq!(processes_naming(dir.path()), Vec::<String>::new());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(passive_dir.path()).unwrap().count(), 0);
 }
 
 /// Command lines of running processes that mention `dir`.

@@ -103,6 +103,10 @@ pub struct Config {
     pub runs_takeover: usize,
     /// MiB sent to the active while the passive is down.
     pub catchup_mib: u64,
+    /// Where the catch-up's passive keeps its journal, when not beside the
+    /// active's on `dir`'s disk: another device, so the catch-up is held
+    /// to that device's write floor instead of a same-disk copy.
+    pub passive_dir: Option<PathBuf>,
 }
 
 /// The physical floors, measured first.
@@ -116,6 +120,9 @@ pub struct Floors {
     pub disk_copy_mib_s: f64,
     pub loopback_rtt_p50_us: f64,
     pub loopback_mib_s: f64,
+    /// The 1 MiB `O_DIRECT` + dsync write floor of `--passive-dir`'s
+    /// device, when the catch-up's passive writes there.
+    pub passive_disk_write_mib_s: Option<f64>,
 }
 
 /// The pair's throughput and window-1 latency with one `[net.ha]` setting.
@@ -148,11 +155,16 @@ pub struct Catchup {
     /// run in parallel, so the slowest one's time.
     pub streaming_s: f64,
     pub streaming_mib_s: f64,
-    /// `streaming_mib_s` ÷ min(disk write, loopback): the issue's floor.
+    /// Whether the passive wrote to `--passive-dir`'s device.
+    pub passive_dir: bool,
+    /// min(write floor of the passive's disk, loopback): what a catch-up
+    /// is held to.
+    pub floor_mib_s: f64,
+    /// `streaming_mib_s` ÷ `floor_mib_s`.
     pub ratio: f64,
     /// `streaming_mib_s` ÷ min(disk copy, loopback): the floor when both
-    /// servers share one disk, as here.
-    pub copy_ratio: f64,
+    /// servers share one disk (`None` with `--passive-dir`).
+    pub copy_ratio: Option<f64>,
 }
 
 /// SIGKILL of the active to the first send acknowledged by the other server.
@@ -219,7 +231,7 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
 
 fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
     let budget = Duration::from_secs_f64(config.seconds);
-    let floors = measure_floors(dir, budget)?;
+    let floors = measure_floors(dir, config.passive_dir.as_deref(), budget)?;
     let window1_floor_us = floors
         .disk_flush_p50_us
         .max(floors.loopback_rtt_p50_us + floors.disk_flush_p50_us);
@@ -278,7 +290,12 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
         });
     }
 
-    let catchup = catch_up(dir, config.catchup_mib, &floors)?;
+    let catchup = catch_up(
+        dir,
+        config.passive_dir.as_deref(),
+        config.catchup_mib,
+        &floors,
+    )?;
 
     let takeover_hot = takeovers(dir, HaStandby::Hot, config.runs_takeover, &body)?;
     let takeover_warm = takeovers(dir, HaStandby::Warm, config.runs_takeover, &body)?;
@@ -327,11 +344,27 @@ impl Drop for RunDir {
     }
 }
 
-fn measure_floors(dir: &Path, budget: Duration) -> Result<Floors, BenchError> {
+fn measure_floors(
+    dir: &Path,
+    passive_dir: Option<&Path>,
+    budget: Duration,
+) -> Result<Floors, BenchError> {
     let flush = flush_floor(dir, budget)?;
-    let path = dir.join("write-floor");
-    make_zeroed(&path, FLOOR_FILE_BYTES)?;
-    let (disk_write_mib_s, _) = direct_dsync_floor(&path, DISK_WRITE_BYTES, budget)?;
+    let write_floor = |dir: &Path| -> Result<(PathBuf, f64), BenchError> {
+        let path = dir.join(format!("write-floor-{}", std::process::id()));
+        make_zeroed(&path, FLOOR_FILE_BYTES)?;
+        let (mib_s, _) = direct_dsync_floor(&path, DISK_WRITE_BYTES, budget)?;
+        Ok((path, mib_s))
+    };
+    let (path, disk_write_mib_s) = write_floor(dir)?;
+    let passive_disk_write_mib_s = match passive_dir {
+        Some(dir) => {
+            let (path, mib_s) = write_floor(dir)?;
+            let _ = std::fs::remove_file(&path);
+            Some(mib_s)
+        }
+        None => None,
+    };
     let copy = dir.join("copy-floor");
     make_zeroed(&copy, FLOOR_FILE_BYTES)?;
     let disk_copy_mib_s = disk_copy_floor(&path, &copy, DISK_WRITE_BYTES, budget)?;
@@ -346,6 +379,7 @@ fn measure_floors(dir: &Path, budget: Duration) -> Result<Floors, BenchError> {
             .map_err(io_error(loopback))?
             .quantile_us(0.5),
         loopback_mib_s: loopback_stream(budget).map_err(io_error(loopback))?,
+        passive_disk_write_mib_s,
     })
 }
 
@@ -493,9 +527,30 @@ fn peer_durable(status: &Status) -> u64 {
 /// On a fresh pair as shipped: kills the passive, sends `mib` MiB to the
 /// active alone, restarts the passive and times it until every shard is in
 /// sync on the active. Fresh, so the passive's own start (journal recovery)
-/// costs little beside the catch-up.
-fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError> {
+/// costs little beside the catch-up. With `passive_dir`, the passive's data
+/// directory moves there while it is down.
+fn catch_up(
+    dir: &Path,
+    passive_dir: Option<&Path>,
+    mib: u64,
+    floors: &Floors,
+) -> Result<Catchup, BenchError> {
     let mut pair = Pair::start(dir, "catchup", PairSpec::SHIPPED)?;
+    let result = catch_up_on(&mut pair, passive_dir, mib, floors);
+    // The servers go first, then the moved journal.
+    drop(pair);
+    result.map(|(catchup, moved)| {
+        drop(moved);
+        catchup
+    })
+}
+
+fn catch_up_on(
+    pair: &mut Pair,
+    passive_dir: Option<&Path>,
+    mib: u64,
+    floors: &Floors,
+) -> Result<(Catchup, Option<MovedDir>), BenchError> {
     let active = pair.wait_in_sync()?;
     let passive = 1 - active;
     let durable_before = peer_durable(&pair.status(active).ok_or_else(|| {
@@ -505,6 +560,10 @@ fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError
         )
     })?);
     pair.kill(passive);
+    let moved = match passive_dir {
+        Some(to) => Some(MovedDir::new(&pair.nodes[passive].data_dir, to)?),
+        None => None,
+    };
     // Only once the active has seen every stream close is the passive sure
     // to miss everything sent next.
     wait_for(
@@ -550,21 +609,66 @@ fn catch_up(dir: &Path, mib: u64, floors: &Floors) -> Result<Catchup, BenchError
         .unwrap_or(0);
     let streaming_s = slowest_us as f64 / 1e6;
     let streaming_mib_s = caught_up as f64 / MIB / streaming_s;
-    Ok(Catchup {
+    let floor_mib_s = floors
+        .passive_disk_write_mib_s
+        .unwrap_or(floors.disk_write_mib_s)
+        .min(floors.loopback_mib_s);
+    let catchup = Catchup {
         bytes,
         sent_body_bytes: sent.messages * LARGE_BODY_BYTES as u64,
         total_s: total.as_secs_f64(),
         streaming_s,
         streaming_mib_s,
-        ratio: ratio(
-            streaming_mib_s,
-            floors.disk_write_mib_s.min(floors.loopback_mib_s),
-        ),
-        copy_ratio: ratio(
-            streaming_mib_s,
-            floors.disk_copy_mib_s.min(floors.loopback_mib_s),
-        ),
-    })
+        passive_dir: moved.is_some(),
+        floor_mib_s,
+        ratio: ratio(streaming_mib_s, floor_mib_s),
+        copy_ratio: moved.is_none().then(|| {
+            ratio(
+                streaming_mib_s,
+                floors.disk_copy_mib_s.min(floors.loopback_mib_s),
+            )
+        }),
+    };
+    Ok((catchup, moved))
+}
+
+/// A stopped server's data directory copied to another device, with a
+/// symbolic link to the copy in its place; the copy goes on drop.
+struct MovedDir {
+    copy: PathBuf,
+}
+
+impl MovedDir {
+    fn new(data_dir: &Path, to: &Path) -> Result<MovedDir, BenchError> {
+        let name = data_dir.file_name().unwrap_or_default().to_string_lossy();
+        let copy = to.join(format!("bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&copy);
+        copy_tree(data_dir, &copy)?;
+        let moved = MovedDir { copy };
+        std::fs::remove_dir_all(data_dir).map_err(io_error(data_dir))?;
+        std::os::unix::fs::symlink(&moved.copy, data_dir).map_err(io_error(data_dir))?;
+        Ok(moved)
+    }
+}
+
+impl Drop for MovedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.copy);
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BenchError> {
+    std::fs::create_dir_all(to).map_err(io_error(to))?;
+    for entry in std::fs::read_dir(from).map_err(io_error(from))? {
+        let entry = entry.map_err(io_error(from))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().map_err(io_error(&source))?.is_dir() {
+            copy_tree(&source, &target)?;
+        } else {
+            std::fs::copy(&source, &target).map_err(io_error(&source))?;
+        }
+    }
+    Ok(())
 }
 
 /// `runs` takeovers of a fresh pair with `standby`, alternating which
@@ -786,6 +890,12 @@ pub fn render_table(r: &Report) -> String {
         ("floor: loopback, one TCP stream", mib(f.loopback_mib_s)),
     ]
     .into_iter()
+    .chain(f.passive_disk_write_mib_s.map(|v| {
+        (
+            "floor: --passive-dir's disk, 1 MiB O_DIRECT + dsync writes",
+            mib(v),
+        )
+    }))
     .map(|(figure, value)| {
         [
             figure.into(),
@@ -873,22 +983,29 @@ pub fn render_table(r: &Report) -> String {
         catchup.clone(),
         catchup_rate.clone(),
         format!(
-            "{} (min disk write, loopback)",
-            mib(f.disk_write_mib_s.min(f.loopback_mib_s))
+            "{} (min {}, loopback)",
+            mib(c.floor_mib_s),
+            if c.passive_dir {
+                "passive's disk write"
+            } else {
+                "disk write"
+            }
         ),
         format!("{:.2}", c.ratio),
         met(c.ratio >= 0.5, "≥ 0.5"),
     ]);
-    rows.push([
-        catchup,
-        catchup_rate,
-        format!(
-            "{} (min disk copy, loopback)",
-            mib(f.disk_copy_mib_s.min(f.loopback_mib_s))
-        ),
-        format!("{:.2}", c.copy_ratio),
-        String::new(),
-    ]);
+    if let Some(copy_ratio) = c.copy_ratio {
+        rows.push([
+            catchup,
+            catchup_rate,
+            format!(
+                "{} (min disk copy, loopback)",
+                mib(f.disk_copy_mib_s.min(f.loopback_mib_s))
+            ),
+            format!("{copy_ratio:.2}"),
+            String::new(),
+        ]);
+    }
     for t in [&r.takeover_hot, &r.takeover_warm] {
         let bound = format!("{} (detection bound)", ms(t.failover_bound_ms));
         for (what, value) in [("p50", t.p50_ms), ("max", t.max_ms)] {
@@ -913,9 +1030,15 @@ pub fn render_table(r: &Report) -> String {
         out,
         "\nEach measurement ran {} s. The pair is the shipped profiles/replicated pair (2 shards, \
          hot standby, ack_mode replicated) on free ports; the single server has the same shards. \
-         Catch-up is timed by the active's shards; both servers share one disk here, so the \
-         active reads back what the passive writes on the same device (the disk-copy floor).",
-        r.seconds
+         Catch-up is timed by the active's shards; {}",
+        r.seconds,
+        if r.catchup.passive_dir {
+            "the catching-up passive's journal was on --passive-dir's device, the active's on \
+             --dir's."
+        } else {
+            "both servers share one disk here, so the active reads back what the passive \
+             writes on the same device (the disk-copy floor)."
+        }
     );
     let logs = &r.server_logs;
     let _ = writeln!(
