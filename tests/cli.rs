@@ -241,7 +241,10 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
     let passive_write = positive(&report, &["floors", "passive_disk_write_mib_s"]);
     let loopback = positive(&report, &["floors", "loopback_mib_s"]);
     let floor = positive(&report, &["catchup", "floor_mib_s"]);
-    assert!((floor - passive_write.min(loopback)).abs() < 1e-6, "{floor}");
+    assert!(
+        (floor - passive_write.min(loopback)).abs() < 1e-6,
+        "{floor}"
+    );
     positive(&report, &["floors", "disk_copy_mib_s"]);
     positive(&report, &["single_16k_mib_s"]);
     positive(&report, &["pair_16k_mib_s"]);
