@@ -77,12 +77,13 @@ pub fn fallocate(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Overwrites `len` bytes of `file` from `at` with zeros (buffered; the
-/// caller flushes).
+/// Overwrites `len` bytes of `file` from `at` with zeros; the caller
+/// flushes. The zeros come from a block-aligned buffer, so `file` may be
+/// opened `O_DIRECT` (then `at` and `len` must be whole blocks).
 pub fn write_zeros(file: &File, at: u64, len: u64) -> io::Result<()> {
     use crate::constants::ZERO_FILL_CHUNK_BYTES;
     use std::os::unix::fs::FileExt;
-    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
+    let zeros = AlignedBuf::zeroed(ZERO_FILL_CHUNK_BYTES);
     let mut done = 0u64;
     while done < len {
         let chunk = (len - done).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;

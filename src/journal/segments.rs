@@ -152,16 +152,24 @@ pub fn open_for_reading(listing: &Listing) -> Result<Vec<SegmentFile>, JournalEr
     Ok(files)
 }
 
-/// Writes `bytes` zeros into a new file at `tmp`, flushes it, and renames it
-/// to `path` durably.
+/// Writes `bytes` zeros (a whole number of blocks) into a new file at
+/// `tmp`, flushes it, and renames it to `path` durably.
 fn create_zeroed(tmp: &Path, path: &Path, bytes: u64, dir: &Path) -> io::Result<()> {
     let result = (|| {
-        let file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+        let created = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+        // With O_DIRECT the zeros skip the page cache: no copy into it (the
+        // buffered fill cost a core's worth of memcpy while a catch-up
+        // outran the spares), and no cached pages for the journal's own
+        // O_DIRECT writes to invalidate later.
+        let (file, direct) = match open_rw(tmp, true)? {
+            Some(direct) => (direct, true),
+            None => (created, false),
+        };
         write_zeros(&file, 0, bytes)?;
         file.sync_all()?;
-        // The zeros will only ever be overwritten, mostly with O_DIRECT, which
-        // would have to invalidate these cached pages write by write.
-        drop_cache(&file)?;
+        if !direct {
+            drop_cache(&file)?;
+        }
         fs::rename(tmp, path)?;
         sync_dir(dir)
     })();
