@@ -27,7 +27,7 @@ mod writer;
 pub use epochs::{EpochLog, EpochViolation};
 pub use error::JournalError;
 pub use options::{Durability, FaultOp, JournalOptions, StorageFaults};
-pub use reader::{Record, RecordReader};
+pub use reader::{ReadPlan, Record, RecordReader};
 pub use record::RecordKind;
 pub use recovery::{Scan, TornTail};
 pub use writer::{Journal, JournalEvent, LentBatch, RecoveryReport, batch_capacity};

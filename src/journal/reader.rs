@@ -2,13 +2,16 @@
 //! and records one by one (for rebuilding state and delivering bodies).
 //!
 //! Reads use plain positional reads through the page cache on separate
-//! read-only handles. They only ever cover durable bytes.
+//! read-only handles, except catch-up, which plans reads for the shard's
+//! ring on the write handles (direct I/O when the journal writes direct).
+//! They only ever cover durable bytes.
 
 use super::JournalError;
 use super::record::{self, HEADER_BYTES, Header, RecordKind};
 use super::writer::Journal;
-use crate::constants::READ_CHUNK_BYTES;
+use crate::constants::{BLOCK_BYTES, READ_CHUNK_BYTES};
 use crate::ids::Offset;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 
 impl Journal {
@@ -41,6 +44,40 @@ impl Journal {
         Ok(done)
     }
 
+    /// Plans a read of durable bytes from `from` (at most `max`, within one
+    /// segment) for the ring, through the segment's write handle: with
+    /// `O_DIRECT` when the journal writes direct, the read skips the page
+    /// cache and lands by DMA, so the position and length are whole blocks.
+    /// The caller keeps the journal from releasing the segment (the read
+    /// lies above the replication cursor) until the read completes.
+    pub fn plan_read(&self, from: Offset, max: usize) -> Result<ReadPlan, JournalError> {
+        if from < self.start_offset() || from >= self.durable_offset() {
+            return Err(JournalError::OutOfRange {
+                offset: from.get(),
+                start: self.start_offset().get(),
+                end: self.durable_offset().get(),
+            });
+        }
+        let index = self
+            .segments()
+            .index_of(from)
+            .expect("durable bytes lie in a segment");
+        let segment = self.segments().get(index);
+        let at = from - segment.file.start;
+        let bytes = (max as u64)
+            .min(segment.file.end() - from)
+            .min(self.durable_offset() - from) as usize;
+        let pos = at - at % BLOCK_BYTES as u64;
+        let skip = (at - pos) as usize;
+        Ok(ReadPlan {
+            fd: segment.write.as_raw_fd(),
+            pos,
+            len: (skip + bytes).next_multiple_of(BLOCK_BYTES),
+            skip,
+            bytes,
+        })
+    }
+
     /// Fails unless a valid record starts at `offset`.
     pub(crate) fn check_boundary(&self, offset: Offset) -> Result<(), JournalError> {
         let mut header = [0u8; HEADER_BYTES];
@@ -49,6 +86,19 @@ impl Journal {
             .map(|_| ())
             .map_err(|_| JournalError::NotRecordBoundary(offset.get()))
     }
+}
+
+/// A read of durable log bytes for the ring ([`Journal::plan_read`]): `len`
+/// bytes at `pos` of `fd`, of which `bytes` log bytes from the planned
+/// offset start `skip` bytes in. `pos`, `len` and `skip + bytes` fit the
+/// segment file, whose size is whole blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPlan {
+    pub fd: RawFd,
+    pub pos: u64,
+    pub len: usize,
+    pub skip: usize,
+    pub bytes: usize,
 }
 
 /// One record read back from the journal.

@@ -583,7 +583,7 @@ impl Shard {
                 Err(error) => self.note_poison(&error.to_string()),
             }
             self.replica.pump(&mut self.journal);
-            self.replica.start_io(&mut self.ring)?;
+            self.replica.start_io(&mut self.ring, &self.journal)?;
             self.flush_connections()?;
             self.mesh.flush();
             let timeout = if self.mesh.has_overflow() {

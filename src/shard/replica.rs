@@ -5,7 +5,7 @@
 //!  journal batch ──write──▶ disk                 ┌──▶ append_raw ──flush──▶ disk
 //!       │ (same buffer, lent)                    │         │ durable
 //!       └──────── Data ──────────────────────────┘         ▼
-//!  catch-up: read_raw ─▶ Data ──────────────────▶    Ack(durable offset)
+//!  catch-up: ring reads ─▶ Data ───────────────▶    Ack(durable offset)
 //!  commit = min(local durable, passive's ack) ◀────────────┘
 //! ```
 //! The passive dials (through `ha::link`, authenticated), says where its
@@ -30,16 +30,29 @@ use crate::journal::{Journal, LentBatch};
 use crate::replication::wire::{self, Frame, HEADER_BYTES};
 use crate::replication::{CatchupError, History, catchup};
 use io_uring::{opcode, types};
+use readback::ReadBack;
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Sender;
 use std::time::Instant;
 
-/// Catch-up chunks (of at most one journal batch each) a leader keeps
+/// Catch-up frames (of at most one batch buffer each) a leader keeps
 /// queued: enough to keep the socket and the passive's disk busy while the
-/// next one is read back, few enough to bound the memory (4 batches).
+/// next ones are read back, few enough to bound the memory.
 const CATCHUP_CHUNKS_QUEUED_MAX: usize = 4;
+
+/// Token ids: the stream's generation above what completed (`TAG_SEND`,
+/// `TAG_RECEIVE`, or `TAG_READ + slot` for a catch-up read).
+const TAG_BITS: u32 = 4;
+const TAG_SEND: u64 = 0;
+const TAG_RECEIVE: u64 = 1;
+const TAG_READ: u64 = 2;
+const _: () = assert!(TAG_READ + readback::READS_MAX as u64 <= 1 << TAG_BITS);
+
+fn token(generation: u64, tag: u64) -> u64 {
+    Token::new(Owner::Replica, generation << TAG_BITS | tag).0
+}
 
 /// What the HA control thread asks of a shard (replicated mode).
 #[derive(Debug)]
@@ -197,12 +210,19 @@ impl Stream {
         }
     }
 
-    fn token(&self, receive: bool) -> u64 {
-        Token::new(Owner::Replica, self.generation << 1 | u64::from(receive)).0
-    }
-
     fn push(&mut self, bytes: Vec<u8>) {
         self.queue.push_back(Outgoing::Owned { bytes, sent: 0 });
+    }
+
+    /// Frames the stream owns and has not sent yet (catch-up frames and
+    /// control frames): the next catch-up frame is cut while earlier ones
+    /// are with the socket and the passive's disk, up to
+    /// [`CATCHUP_CHUNKS_QUEUED_MAX`].
+    fn frames_queued(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|o| matches!(o, Outgoing::Owned { .. }))
+            .count()
     }
 
     fn break_with(&mut self, why: String) {
@@ -235,7 +255,7 @@ impl Stream {
             let free = &mut self.rbuf[self.rlen..];
             let entry = opcode::Recv::new(fd, free.as_mut_ptr(), free.len() as u32)
                 .build()
-                .user_data(self.token(true));
+                .user_data(token(self.generation, TAG_RECEIVE));
             // SAFETY: rbuf is neither resized nor freed while the receive is
             // in flight (the stream is kept until its completions are reaped).
             unsafe { ring.push(&entry)? };
@@ -273,7 +293,7 @@ impl Stream {
             let entry = opcode::SendMsg::new(fd, &parts.hdr)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
-                .user_data(self.token(false));
+                .user_data(token(self.generation, TAG_SEND));
             // SAFETY: the msghdr and iovecs are boxed in the stream, and the
             // bytes they name (owned by the queue's front, or the lent
             // batch) stay put until this send completes.
@@ -358,12 +378,12 @@ fn iovec(bytes: &[u8]) -> libc::iovec {
 }
 
 /// Where the active stands with its passive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum LeadPhase {
     /// Waiting for the passive's `Hello`.
     AwaitHello,
-    /// Sending back from the journal; `cursor` is the next offset to send.
-    CatchUp { cursor: Offset },
+    /// Sending back from the journal.
+    CatchUp(Box<ReadBack>),
     /// Every batch goes out as it is flushed; `from` is where that began.
     Live { cursor: Offset, from: Offset },
 }
@@ -416,6 +436,8 @@ pub struct Replica {
     pub peer_acked: Offset,
     /// Streams being closed, kept until the kernel is done with them.
     closing: Vec<Stream>,
+    /// Catch-up reads of closed streams (by generation), kept likewise.
+    closing_reads: Vec<(u64, Box<ReadBack>)>,
     next_generation: u64,
     /// Largest data frame payload (a whole journal batch).
     data_max: usize,
@@ -458,6 +480,7 @@ impl Replica {
             follower: None,
             peer_acked: Offset::ZERO,
             closing: Vec::new(),
+            closing_reads: Vec::new(),
             next_generation: 1,
             data_max: batch_capacity,
             chunk_bytes: 2 * batch_bytes_max,
@@ -499,7 +522,7 @@ impl Replica {
     /// need it).
     pub fn retain_from(&self) -> Option<Offset> {
         match (self.role, &self.leader) {
-            (Role::Lead, Some(leader)) if leader.phase != LeadPhase::AwaitHello => {
+            (Role::Lead, Some(leader)) if !matches!(leader.phase, LeadPhase::AwaitHello) => {
                 Some(leader.acked)
             }
             (Role::Lead, _) => Some(self.peer_acked),
@@ -585,6 +608,12 @@ impl Replica {
                 .unwrap_or_else(|| why.to_owned());
             tracing::info!(reason = %why, "replication stream to the passive closed");
             self.stats.last_error = Some(why.clone());
+            if let LeadPhase::CatchUp(readback) = leader.phase
+                && readback.in_flight()
+            {
+                self.closing_reads
+                    .push((leader.stream.generation, readback));
+            }
             self.retire(leader.stream, &why);
         }
     }
@@ -606,13 +635,25 @@ impl Replica {
     /// Whether any stream still has an operation with the kernel.
     pub fn busy(&self) -> bool {
         !self.closing.is_empty()
-            || self.leader.as_ref().is_some_and(|l| !l.stream.idle())
+            || !self.closing_reads.is_empty()
+            || self.leader.as_ref().is_some_and(|l| {
+                !l.stream.idle() || matches!(&l.phase, LeadPhase::CatchUp(r) if r.in_flight())
+            })
             || self.follower.as_ref().is_some_and(|f| !f.stream.idle())
     }
 
-    /// Arms every stream's I/O.
-    pub fn start_io(&mut self, ring: &mut Ring) -> std::io::Result<()> {
+    /// Arms every stream's I/O, and a catching-up leader's reads.
+    pub fn start_io(&mut self, ring: &mut Ring, journal: &Journal) -> std::io::Result<()> {
         if let Some(leader) = &mut self.leader {
+            let generation = leader.stream.generation;
+            if leader.stream.broken.is_none()
+                && let LeadPhase::CatchUp(readback) = &mut leader.phase
+                && let Err(why) = readback.issue(ring, journal, |slot| {
+                    token(generation, TAG_READ + slot as u64)
+                })
+            {
+                leader.stream.break_with(why);
+            }
             leader.stream.start_io(ring)?;
         }
         if let Some(follower) = &mut self.follower {
@@ -637,25 +678,32 @@ impl Replica {
         }
     }
 
-    /// Moves a catching-up leader on: reads the next chunk back, or goes
-    /// live once it meets the batch being flushed.
+    /// Moves a catching-up leader on: queues the frames its completed reads
+    /// make, or goes live once it meets the batch being flushed.
     pub fn pump(&mut self, journal: &mut Journal) {
         let segment_bytes = self.segment_bytes;
-        let chunk_bytes = self.chunk_bytes;
         if let Some(leader) = &mut self.leader
             && leader.stream.broken.is_none()
-            && let LeadPhase::CatchUp { cursor } = leader.phase
+            && let LeadPhase::CatchUp(readback) = &mut leader.phase
         {
             let durable = journal.durable_offset();
-            self.stats.catchup_remaining_bytes = durable.get().saturating_sub(cursor.get());
-            if cursor < durable {
-                if leader.chunks_queued() < CATCHUP_CHUNKS_QUEUED_MAX {
-                    match leader.read_chunk(journal, cursor, chunk_bytes, segment_bytes) {
-                        Ok(next) => leader.phase = LeadPhase::CatchUp { cursor: next },
-                        Err(error) => leader.stream.break_with(format!("catch-up read: {error}")),
+            while leader.stream.frames_queued() < CATCHUP_CHUNKS_QUEUED_MAX {
+                match readback.next_frame(journal.epoch()) {
+                    Ok(Some(frame)) => {
+                        leader.marks.push_back((frame.end, frame.records));
+                        leader.unacked_records += frame.records;
+                        leader.stream.push(frame.bytes);
+                    }
+                    Ok(None) => break,
+                    Err(why) => {
+                        leader.stream.break_with(why);
+                        break;
                     }
                 }
-            } else {
+            }
+            let cursor = readback.cursor();
+            self.stats.catchup_remaining_bytes = durable.get().saturating_sub(cursor.get());
+            if cursor == durable && readback.drained() {
                 // Caught up with the durable log: the batch being flushed
                 // (if any) goes out from the journal's buffer, and every
                 // later one as it starts.
@@ -786,7 +834,12 @@ impl Replica {
         apply: &mut ApplyFn<'_>,
     ) -> bool {
         let id = completion.token.id();
-        let (generation, receive) = (id >> 1, id & 1 == 1);
+        let (generation, tag) = (id >> TAG_BITS, id & ((1 << TAG_BITS) - 1));
+        if tag >= TAG_READ {
+            self.read_completed(generation, (tag - TAG_READ) as usize, completion.result);
+            return false;
+        }
+        let receive = tag == TAG_RECEIVE;
         if let Some(index) = self.closing.iter().position(|s| s.generation == generation) {
             let stream = &mut self.closing[index];
             if receive {
@@ -833,6 +886,32 @@ impl Replica {
         false
     }
 
+    /// A catch-up read completed: its frames are cut in `pump`.
+    fn read_completed(&mut self, generation: u64, slot: usize, result: i32) {
+        if let Some(index) = self
+            .closing_reads
+            .iter()
+            .position(|(g, _)| *g == generation)
+        {
+            let readback = &mut self.closing_reads[index].1;
+            readback.completed(slot, result);
+            if !readback.in_flight() {
+                self.closing_reads.swap_remove(index);
+            }
+            return;
+        }
+        match &mut self.leader {
+            Some(leader) if leader.stream.generation == generation => match &mut leader.phase {
+                LeadPhase::CatchUp(readback) => readback.completed(slot, result),
+                phase => unreachable!("a catch-up read completed while {phase:?}"),
+            },
+            _ => tracing::error!(
+                generation,
+                "read completion for an unknown replication stream"
+            ),
+        }
+    }
+
     fn leader_frames(&mut self, journal: &mut Journal) -> bool {
         let leader = self.leader.as_mut().expect("leader");
         let mut commit = false;
@@ -851,7 +930,7 @@ impl Replica {
                 Err(error) => Err(format!("bad frame from the passive: {error}")),
             };
             match frame {
-                Ok(Frame::Hello(passive)) if leader.phase == LeadPhase::AwaitHello => {
+                Ok(Frame::Hello(passive)) if matches!(leader.phase, LeadPhase::AwaitHello) => {
                     let active = History {
                         start: journal.start_offset(),
                         end: journal.durable_offset(),
@@ -899,7 +978,11 @@ impl Replica {
                     match plan {
                         Ok((from, frame)) => {
                             leader.stream.push(wire::encode(&frame));
-                            leader.phase = LeadPhase::CatchUp { cursor: from };
+                            leader.phase = LeadPhase::CatchUp(Box::new(ReadBack::new(
+                                from,
+                                self.chunk_bytes,
+                                self.segment_bytes,
+                            )));
                             leader.acked = from;
                             leader.catchup_began = Some((Instant::now(), from));
                         }
@@ -912,7 +995,9 @@ impl Replica {
                         }
                     }
                 }
-                Ok(Frame::Ack { durable, .. }) if leader.phase != LeadPhase::AwaitHello => {
+                Ok(Frame::Ack { durable, .. })
+                    if !matches!(leader.phase, LeadPhase::AwaitHello) =>
+                {
                     while leader.marks.front().is_some_and(|(end, _)| *end <= durable) {
                         let (_, records) = leader.marks.pop_front().expect("front");
                         leader.unacked_records -= records;
@@ -1165,46 +1250,8 @@ impl Leader {
             sent: 0,
         });
     }
-
-    /// Reads durable records from `cursor` back from the journal into one
-    /// data frame; returns the new cursor.
-    fn read_chunk(
-        &mut self,
-        journal: &Journal,
-        cursor: Offset,
-        chunk_bytes: usize,
-        segment_bytes: u64,
-    ) -> Result<Offset, crate::journal::JournalError> {
-        let mut bytes = vec![0u8; HEADER_BYTES + chunk_bytes];
-        let n = journal.read_raw(cursor, &mut bytes[HEADER_BYTES..])?;
-        let (whole, count) = whole_records(
-            &bytes[HEADER_BYTES..HEADER_BYTES + n],
-            cursor,
-            segment_bytes,
-        );
-        assert!(
-            whole > 0 || n == 0,
-            "a chunk holds at least one whole record"
-        );
-        bytes.truncate(HEADER_BYTES + whole);
-        let header = wire::data_header(cursor, journal.epoch(), whole);
-        bytes[..HEADER_BYTES].copy_from_slice(&header);
-        self.mark(cursor + whole as u64, count);
-        self.stream.push(bytes);
-        Ok(cursor + whole as u64)
-    }
-
-    /// Catch-up chunks (and control frames) queued and not yet sent: the
-    /// next chunk is read while earlier ones are with the socket and the
-    /// passive's disk, up to [`CATCHUP_CHUNKS_QUEUED_MAX`].
-    fn chunks_queued(&self) -> usize {
-        self.stream
-            .queue
-            .iter()
-            .filter(|o| matches!(o, Outgoing::Owned { .. }))
-            .count()
-    }
 }
 
+mod readback;
 #[cfg(test)]
 mod tests;

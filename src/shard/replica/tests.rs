@@ -110,7 +110,9 @@ impl Passive {
     fn turn(&mut self) {
         self.replica.pump(&mut self.journal);
         self.journal.submit(Instant::now(), &mut self.ring).unwrap();
-        self.replica.start_io(&mut self.ring).unwrap();
+        self.replica
+            .start_io(&mut self.ring, &self.journal)
+            .unwrap();
         self.ring
             .submit_and_wait_timeout(1, Duration::from_millis(5))
             .unwrap();
