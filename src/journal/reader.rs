@@ -50,6 +50,11 @@ impl Journal {
     /// cache and lands by DMA, so the position and length are whole blocks.
     /// The caller keeps the journal from releasing the segment (the read
     /// lies above the replication cursor) until the read completes.
+    ///
+    /// The last block may be one the journal is rewriting at that moment
+    /// (a batch rewrites the partial block it starts in): its bytes below
+    /// the durable end are the same in the old and the new contents, so the
+    /// read sees them either way; the bytes past it are not used.
     pub fn plan_read(&self, from: Offset, max: usize) -> Result<ReadPlan, JournalError> {
         if from < self.start_offset() || from >= self.durable_offset() {
             return Err(JournalError::OutOfRange {

@@ -40,7 +40,7 @@ use std::time::Instant;
 /// Catch-up frames (of at most one batch buffer each) a leader keeps
 /// queued: enough to keep the socket and the passive's disk busy while the
 /// next ones are read back, few enough to bound the memory.
-const CATCHUP_CHUNKS_QUEUED_MAX: usize = 4;
+const CATCHUP_FRAMES_QUEUED_MAX: usize = 4;
 
 /// Token ids: the stream's generation above what completed (`TAG_SEND`,
 /// `TAG_RECEIVE`, or `TAG_READ + slot` for a catch-up read).
@@ -217,7 +217,7 @@ impl Stream {
     /// Frames the stream owns and has not sent yet (catch-up frames and
     /// control frames): the next catch-up frame is cut while earlier ones
     /// are with the socket and the passive's disk, up to
-    /// [`CATCHUP_CHUNKS_QUEUED_MAX`].
+    /// [`CATCHUP_FRAMES_QUEUED_MAX`].
     fn frames_queued(&self) -> usize {
         self.queue
             .iter()
@@ -393,10 +393,7 @@ enum LeadPhase {
 pub struct Leader {
     stream: Stream,
     phase: LeadPhase,
-    /// (end offset, records) of each data frame sent and not yet acked.
-    marks: VecDeque<(Offset, u64)>,
-    /// The records of `marks`, summed.
-    unacked_records: u64,
+    unacked: Unacked,
     /// When catch-up began and from where, until the passive is in sync.
     catchup_began: Option<(Instant, Offset)>,
     /// What this stream's passive holds durably: where it was told to start
@@ -562,8 +559,7 @@ impl Replica {
         self.leader = Some(Leader {
             stream,
             phase: LeadPhase::AwaitHello,
-            marks: VecDeque::new(),
-            unacked_records: 0,
+            unacked: Unacked::default(),
             catchup_began: None,
             acked: Offset::ZERO,
         });
@@ -687,11 +683,10 @@ impl Replica {
             && let LeadPhase::CatchUp(readback) = &mut leader.phase
         {
             let durable = journal.durable_offset();
-            while leader.stream.frames_queued() < CATCHUP_CHUNKS_QUEUED_MAX {
+            while leader.stream.frames_queued() < CATCHUP_FRAMES_QUEUED_MAX {
                 match readback.next_frame(journal.epoch()) {
                     Ok(Some(frame)) => {
-                        leader.marks.push_back((frame.end, frame.records));
-                        leader.unacked_records += frame.records;
+                        leader.unacked.sent(frame.end, frame.records);
                         leader.stream.push(frame.bytes);
                     }
                     Ok(None) => break,
@@ -793,7 +788,7 @@ impl Replica {
                     .end_offset()
                     .get()
                     .saturating_sub(leader.acked.get());
-                self.stats.lag_records = leader.unacked_records;
+                self.stats.lag_records = leader.unacked.records;
             }
             (None, Role::Follow) => {
                 self.stats.peer_durable = journal.durable_offset().get();
@@ -998,10 +993,7 @@ impl Replica {
                 Ok(Frame::Ack { durable, .. })
                     if !matches!(leader.phase, LeadPhase::AwaitHello) =>
                 {
-                    while leader.marks.front().is_some_and(|(end, _)| *end <= durable) {
-                        let (_, records) = leader.marks.pop_front().expect("front");
-                        leader.unacked_records -= records;
-                    }
+                    leader.unacked.acked(durable);
                     leader.acked = leader.acked.max(durable);
                     if durable > self.peer_acked {
                         self.peer_acked = durable;
@@ -1231,19 +1223,38 @@ impl Follower {
     }
 }
 
-impl Leader {
+/// The data frames a leader sent that its passive has not acknowledged.
+#[derive(Debug, Default)]
+struct Unacked {
+    /// (end offset, records) of each frame.
+    marks: VecDeque<(Offset, u64)>,
+    /// The records of `marks`, summed.
+    records: u64,
+}
+
+impl Unacked {
     /// A data frame ending at `end` with `records` records went out.
-    fn mark(&mut self, end: Offset, records: u64) {
+    fn sent(&mut self, end: Offset, records: u64) {
         self.marks.push_back((end, records));
-        self.unacked_records += records;
+        self.records += records;
     }
 
+    /// The passive holds everything below `durable`.
+    fn acked(&mut self, durable: Offset) {
+        while self.marks.front().is_some_and(|(end, _)| *end <= durable) {
+            let (_, records) = self.marks.pop_front().expect("front");
+            self.records -= records;
+        }
+    }
+}
+
+impl Leader {
     fn send_batch(&mut self, batch: LentBatch, epoch: Epoch, segment_bytes: u64) {
         // SAFETY: the journal just lent this batch; it stays put until
         // `return_batch`.
         let records = unsafe { std::slice::from_raw_parts(batch.ptr, batch.len()) };
         let (_, count) = whole_records(records, batch.start, segment_bytes);
-        self.mark(batch.end, count);
+        self.unacked.sent(batch.end, count);
         self.stream.queue.push_back(Outgoing::Lent {
             header: Box::new(wire::data_header(batch.start, epoch, batch.len())),
             batch,

@@ -30,9 +30,8 @@ struct Slot {
     skip: usize,
     /// Wanted log bytes.
     bytes: usize,
-    /// The read is with the kernel.
-    in_flight: bool,
-    /// The kernel's result, once completed.
+    /// The kernel's result, once completed; a slot in `order` without one
+    /// is with the kernel.
     result: Option<i32>,
 }
 
@@ -84,7 +83,6 @@ impl ReadBack {
                     from,
                     skip: 0,
                     bytes: 0,
-                    in_flight: false,
                     result: None,
                 })
                 .collect(),
@@ -111,7 +109,7 @@ impl ReadBack {
 
     /// Some read is still with the kernel (its buffer must outlive it).
     pub fn in_flight(&self) -> bool {
-        self.slots.iter().any(|s| s.in_flight)
+        self.order.iter().any(|&i| self.slots[i].result.is_none())
     }
 
     /// Issues reads into free slots, up to the journal's durable end. Each
@@ -147,7 +145,6 @@ impl ReadBack {
             // the replication cursor; the kernel holds its own reference
             // to the file once the read is submitted.
             unsafe { ring.push(&entry) }.map_err(|e| format!("queue a read: {e}"))?;
-            slot.in_flight = true;
             self.order.push_back(index);
             self.issued_to = self.issued_to + plan.bytes as u64;
         }
@@ -156,9 +153,7 @@ impl ReadBack {
 
     /// The read of `slot` completed with `result` (bytes or `-errno`).
     pub fn completed(&mut self, slot: usize, result: i32) {
-        let slot = &mut self.slots[slot];
-        slot.in_flight = false;
-        slot.result = Some(result);
+        self.slots[slot].result = Some(result);
     }
 
     /// The next frame, once enough reads have completed in order: when the
