@@ -156,6 +156,12 @@ struct Shared {
     ready: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
+    /// When the latest acknowledgement was read, in nanoseconds since
+    /// `epoch`: a failover is over once it passes the kill.
+    last_ack_ns: AtomicU64,
+    /// Held from a kill until acknowledgements resume after it, so the run
+    /// never stops sending in between (the gap would not be measured).
+    failing_over: Mutex<()>,
     delivered: AtomicU64,
     /// Send-to-ack latency so far, for the progress line.
     live: Mutex<Latency>,
@@ -227,6 +233,8 @@ fn drive(config: &Config, url: String, pair: Option<LocalPair>) -> Result<Report
         ready: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
+        last_ack_ns: AtomicU64::new(0),
+        failing_over: Mutex::new(()),
         delivered: AtomicU64::new(0),
         live: Mutex::new(Latency::default()),
         received: Mutex::new(HashMap::new()),
@@ -263,6 +271,7 @@ fn drive(config: &Config, url: String, pair: Option<LocalPair>) -> Result<Report
                 Duration::from_millis(100).min(stop_at.saturating_duration_since(Instant::now())),
             );
         }
+        let _no_failover = shared.failing_over.lock().expect("failing_over");
         shared.stop_sending.store(true, Ordering::Relaxed);
     }
     while !producers.iter().all(JoinHandle::is_finished) {
@@ -499,6 +508,10 @@ fn take_acks(
         out.acked.push(sequence);
         out.ack_times.push(ack.received_at);
         shared.acked.fetch_add(1, Ordering::Relaxed);
+        shared.last_ack_ns.fetch_max(
+            ack.received_at.duration_since(shared.epoch).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
     }
     let failed = producer.take_failed();
     if let Some((sequence, error)) = failed.first() {
@@ -580,15 +593,40 @@ fn fail_over(
         match next {
             Some(at) if Instant::now() >= at => {
                 let active = pair.wait_in_sync().map_err(|e| e.to_string())?;
+                let _failing_over = shared.failing_over.lock().expect("failing_over");
+                if shared.stop_sending.load(Ordering::Relaxed) {
+                    break;
+                }
                 pair.kill(active);
-                kills.push(Instant::now());
+                let kill = Instant::now();
+                kills.push(kill);
                 pair.start_node(active).map_err(|e| e.to_string())?;
+                wait_for_ack_after(kill, shared)?;
                 next = every.map(|every| Instant::now().max(at + every));
             }
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
     Ok((pair, kills))
+}
+
+/// Waits until a producer reads an acknowledgement after `kill`, or all
+/// producers are done (a `--count` run can end inside a failover; its gap
+/// is then reported as not measured).
+fn wait_for_ack_after(kill: Instant, shared: &Shared) -> Result<(), String> {
+    let kill_ns = kill.duration_since(shared.epoch).as_nanos() as u64;
+    let deadline = kill + DRAIN_TIMEOUT;
+    while shared.last_ack_ns.load(Ordering::Relaxed) <= kill_ns
+        && !shared.stop_sending.load(Ordering::Relaxed)
+    {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no acknowledgement within {DRAIN_TIMEOUT:?} after killing the active"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// Around each kill, the gap between the last acknowledgement before it
