@@ -26,8 +26,8 @@ pub enum Owner {
     Send = 4,
     /// The shard's eventfd read (cross-shard wake-up).
     Wake = 5,
-    /// A replication stream's send (id even) or receive (id odd); id / 2 =
-    /// the stream's generation.
+    /// A replication stream's I/O; id = the stream's generation above a
+    /// 4-bit tag (send, receive, or a catch-up read slot).
     Replica = 6,
 }
 

@@ -100,6 +100,8 @@ struct InFlight {
     end: Offset,
     seq: u64,
     parts: [Option<Part>; 4],
+    /// Writes prepared by `seal`, until `write_sealed` pushes them.
+    unpushed: [Option<squeue::Entry>; 4],
     pending: usize,
     failure: Option<String>,
     /// Bytes `[start, end)` of this batch are lent out (to a replication
@@ -540,6 +542,21 @@ impl Journal {
     /// fdatasync in that mode) per segment the batch touches, then one
     /// submit. Returns whether a flush started.
     pub fn submit(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
+        let sealed = self.seal(now, ring)?;
+        if sealed {
+            self.write_sealed(ring)?;
+        }
+        Ok(sealed)
+    }
+
+    /// The first half of `submit`: if the batch is due, makes it the batch
+    /// in flight (it may be lent at once) with its writes prepared but not
+    /// yet pushed; `write_sealed` pushes them. A caller that lends the batch
+    /// to the replication stream pushes that send first, so the peer's copy
+    /// (the longer path to a replicated ack: a network hop, then the peer's
+    /// own flush) is not held behind the local write's submission, which
+    /// io_uring issues inline.
+    pub fn seal(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
         self.check_poison()?;
         if self.in_flight.is_some() || self.filling.new_bytes() == 0 {
             return Ok(false);
@@ -549,10 +566,27 @@ impl Journal {
         if !due {
             return Ok(false);
         }
-        self.submit_now(ring)
+        self.seal_now(ring)
     }
 
-    fn submit_now(&mut self, ring: &mut Ring) -> Result<bool, JournalError> {
+    /// Pushes the writes `seal` prepared, and submits them.
+    pub fn write_sealed(&mut self, ring: &mut Ring) -> Result<(), JournalError> {
+        let Some(in_flight) = &mut self.in_flight else {
+            return Ok(());
+        };
+        for entry in in_flight.unpushed.iter_mut().filter_map(Option::take) {
+            // SAFETY: the entries point into the in-flight buffer, which is
+            // neither touched nor freed until every completion of the batch
+            // is reaped; the segment's fd stays open at least as long
+            // (segments in a batch are never removed while it is in flight).
+            unsafe { ring.push(&entry) }.map_err(JournalError::io("submit", self.files.dir()))?;
+        }
+        ring.submit()
+            .map_err(JournalError::io("submit", self.files.dir()))?;
+        Ok(())
+    }
+
+    fn seal_now(&mut self, ring: &mut Ring) -> Result<bool, JournalError> {
         self.check_poison()?;
         // A lent batch holds the second buffer: the next flush waits for it
         // to come back (backpressure from the replication stream).
@@ -572,6 +606,7 @@ impl Journal {
         self.seq += 1;
         let seq = self.seq;
         let mut parts = [None; 4];
+        let mut unpushed: [Option<squeue::Entry>; 4] = Default::default();
         let mut count = 0;
         let first = self
             .files
@@ -606,15 +641,11 @@ impl Journal {
                 segment: index,
                 file_pos,
             });
-            count += 1;
             if !direct {
                 entry = entry.flags(squeue::Flags::IO_LINK);
             }
-            // SAFETY: the buffer moves into `in_flight` below and is neither
-            // touched nor freed until every completion of this batch is reaped;
-            // the segment's fd stays open at least as long (segments in a
-            // batch are never removed while it is in flight).
-            unsafe { ring.push(&entry) }.map_err(JournalError::io("submit", self.files.dir()))?;
+            unpushed[count] = Some(entry);
+            count += 1;
             if !direct {
                 let sync = opcode::Fsync::new(fd)
                     .flags(types::FsyncFlags::DATASYNC)
@@ -626,14 +657,10 @@ impl Journal {
                     segment: index,
                     file_pos,
                 });
+                unpushed[count] = Some(sync);
                 count += 1;
-                // SAFETY: an fsync references only the fd, kept open as above.
-                unsafe { ring.push(&sync) }
-                    .map_err(JournalError::io("submit", self.files.dir()))?;
             }
         }
-        ring.submit()
-            .map_err(JournalError::io("submit", self.files.dir()))?;
 
         // The next batch starts in the block this one ends in; copy that
         // block's bytes (the carry) so the next write stays block-aligned.
@@ -661,6 +688,7 @@ impl Journal {
             end,
             seq,
             parts,
+            unpushed,
             pending: count,
             failure: None,
             lent: false,
@@ -800,7 +828,9 @@ impl Journal {
             if self.durable == self.end && self.in_flight.is_none() {
                 return Ok(self.durable);
             }
-            self.submit_now(ring)?;
+            if self.seal_now(ring)? {
+                self.write_sealed(ring)?;
+            }
             ring.submit_and_wait(1)
                 .map_err(JournalError::io("wait", self.files.dir()))?;
             completions.clear();

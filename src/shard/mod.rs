@@ -577,8 +577,15 @@ impl Shard {
                 self.begin_epoch(epoch, done);
             }
             let now = Instant::now();
-            match self.journal.submit(now, &mut self.ring) {
-                Ok(true) => self.replica.batch_started(&mut self.journal),
+            match self.journal.seal(now, &mut self.ring) {
+                Ok(true) => {
+                    // The peer's copy is pushed ahead of the local write.
+                    self.replica.batch_started(&mut self.journal);
+                    self.replica.start_io(&mut self.ring, &self.journal)?;
+                    if let Err(error) = self.journal.write_sealed(&mut self.ring) {
+                        self.note_poison(&error.to_string());
+                    }
+                }
                 Ok(false) => {}
                 Err(error) => self.note_poison(&error.to_string()),
             }
