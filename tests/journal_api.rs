@@ -77,6 +77,40 @@ fn completion_events_report_durable_offsets_in_order() {
 }
 
 #[test]
+fn a_sealed_batch_is_lent_at_once_and_written_only_by_write_sealed() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ring = ring();
+        let mut journal = open(dir.path(), &small_options(mode));
+        let start = journal.end_offset();
+        journal
+            .append(RecordKind::EpochStart, Epoch(1), b"")
+            .unwrap();
+        let end = journal.end_offset();
+        let writes = journal
+            .seal(std::time::Instant::now(), &mut ring)
+            .unwrap()
+            .expect("a batch was due");
+        assert!(journal.flush_in_flight());
+        // The replication stream may take the batch before it is written.
+        let lent = journal.lend_batch().expect("lendable once sealed");
+        assert_eq!((lent.start, lent.end), (start, end));
+        // Nothing reached the kernel: no completion can come.
+        ring.submit_and_wait_timeout(1, std::time::Duration::from_millis(50))
+            .unwrap();
+        let mut completions = Vec::new();
+        ring.reap(&mut completions);
+        assert!(completions.is_empty(), "{mode}: {completions:?}");
+        assert_eq!(journal.durable_offset(), start);
+
+        journal.write_sealed(&mut ring, writes).unwrap();
+        journal.return_batch();
+        assert_eq!(journal.sync(&mut ring).unwrap(), end, "{mode}");
+        assert!(!journal.flush_in_flight());
+    }
+}
+
+#[test]
 fn raw_copy_to_a_peer_journal_is_byte_identical() {
     let Fixture {
         dir: source_dir,

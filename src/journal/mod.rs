@@ -30,7 +30,7 @@ pub use options::{Durability, FaultOp, JournalOptions, StorageFaults};
 pub use reader::{ReadPlan, Record, RecordReader};
 pub use record::RecordKind;
 pub use recovery::{Scan, TornTail};
-pub use writer::{Journal, JournalEvent, LentBatch, RecoveryReport, batch_capacity};
+pub use writer::{Journal, JournalEvent, LentBatch, RecoveryReport, SealedWrites, batch_capacity};
 
 use std::path::Path;
 

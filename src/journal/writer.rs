@@ -100,8 +100,6 @@ struct InFlight {
     end: Offset,
     seq: u64,
     parts: [Option<Part>; 4],
-    /// Writes prepared by `seal`, until `write_sealed` pushes them.
-    unpushed: [Option<squeue::Entry>; 4],
     pending: usize,
     failure: Option<String>,
     /// Bytes `[start, end)` of this batch are lent out (to a replication
@@ -110,6 +108,13 @@ struct InFlight {
     start: Offset,
     head: usize,
 }
+
+/// The writes (and fdatasyncs) of a batch `Journal::seal` made the one in
+/// flight, to be handed to `Journal::write_sealed`: until then the kernel
+/// has not seen them and the batch cannot complete.
+#[must_use = "a sealed batch completes only once write_sealed pushes its writes"]
+#[derive(Debug)]
+pub struct SealedWrites([Option<squeue::Entry>; 4]);
 
 /// New bytes of the in-flight batch, lent to a second consumer (the
 /// replication stream) that reads them straight from the batch buffer.
@@ -542,56 +547,60 @@ impl Journal {
     /// fdatasync in that mode) per segment the batch touches, then one
     /// submit. Returns whether a flush started.
     pub fn submit(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
-        let sealed = self.seal(now, ring)?;
-        if sealed {
-            self.write_sealed(ring)?;
+        match self.seal(now, ring)? {
+            Some(writes) => self.write_sealed(ring, writes).map(|()| true),
+            None => Ok(false),
         }
-        Ok(sealed)
     }
 
     /// The first half of `submit`: if the batch is due, makes it the batch
     /// in flight (it may be lent at once) with its writes prepared but not
-    /// yet pushed; `write_sealed` pushes them. A caller that lends the batch
+    /// yet pushed; `write_sealed` pushes what this returns. A caller that lends the batch
     /// to the replication stream pushes that send first, so the peer's copy
     /// (the longer path to a replicated ack: a network hop, then the peer's
     /// own flush) is not held behind the local write's submission, which
     /// io_uring issues inline.
-    pub fn seal(&mut self, now: Instant, ring: &mut Ring) -> Result<bool, JournalError> {
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        ring: &mut Ring,
+    ) -> Result<Option<SealedWrites>, JournalError> {
         self.check_poison()?;
         if self.in_flight.is_some() || self.filling.new_bytes() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let since = *self.filling.since.get_or_insert(now);
         let due = self.filling.refused || now >= since + self.options.flush_linger;
         if !due {
-            return Ok(false);
+            return Ok(None);
         }
         self.seal_now(ring)
     }
 
     /// Pushes the writes `seal` prepared, and submits them.
-    pub fn write_sealed(&mut self, ring: &mut Ring) -> Result<(), JournalError> {
-        let Some(in_flight) = &mut self.in_flight else {
-            return Ok(());
-        };
-        for entry in in_flight.unpushed.iter_mut().filter_map(Option::take) {
+    pub fn write_sealed(
+        &mut self,
+        ring: &mut Ring,
+        writes: SealedWrites,
+    ) -> Result<(), JournalError> {
+        for entry in writes.0.iter().flatten() {
             // SAFETY: the entries point into the in-flight buffer, which is
             // neither touched nor freed until every completion of the batch
             // is reaped; the segment's fd stays open at least as long
             // (segments in a batch are never removed while it is in flight).
-            unsafe { ring.push(&entry) }.map_err(JournalError::io("submit", self.files.dir()))?;
+            unsafe { ring.push(entry) }.map_err(JournalError::io("submit", self.files.dir()))?;
         }
         ring.submit()
             .map_err(JournalError::io("submit", self.files.dir()))?;
         Ok(())
     }
 
-    fn seal_now(&mut self, ring: &mut Ring) -> Result<bool, JournalError> {
+    fn seal_now(&mut self, ring: &mut Ring) -> Result<Option<SealedWrites>, JournalError> {
         self.check_poison()?;
         // A lent batch holds the second buffer: the next flush waits for it
         // to come back (backpressure from the replication stream).
         if self.in_flight.is_some() || self.filling.new_bytes() == 0 || self.free.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
         let direct = self.durability == Durability::DirectDsync;
         let fixed = self.fixed_index(ring);
@@ -688,14 +697,13 @@ impl Journal {
             end,
             seq,
             parts,
-            unpushed,
             pending: count,
             failure: None,
             lent: false,
             start: old.base + old.head as u64,
             head: old.head,
         });
-        Ok(true)
+        Ok(Some(SealedWrites(unpushed)))
     }
 
     /// The fixed-buffer index of the filling batch's buffer on `ring`,
@@ -828,8 +836,8 @@ impl Journal {
             if self.durable == self.end && self.in_flight.is_none() {
                 return Ok(self.durable);
             }
-            if self.seal_now(ring)? {
-                self.write_sealed(ring)?;
+            if let Some(writes) = self.seal_now(ring)? {
+                self.write_sealed(ring, writes)?;
             }
             ring.submit_and_wait(1)
                 .map_err(JournalError::io("wait", self.files.dir()))?;

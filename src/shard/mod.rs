@@ -578,15 +578,15 @@ impl Shard {
             }
             let now = Instant::now();
             match self.journal.seal(now, &mut self.ring) {
-                Ok(true) => {
+                Ok(Some(writes)) => {
                     // The peer's copy is pushed ahead of the local write.
                     self.replica.batch_started(&mut self.journal);
                     self.replica.start_io(&mut self.ring, &self.journal)?;
-                    if let Err(error) = self.journal.write_sealed(&mut self.ring) {
+                    if let Err(error) = self.journal.write_sealed(&mut self.ring, writes) {
                         self.note_poison(&error.to_string());
                     }
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(error) => self.note_poison(&error.to_string()),
             }
             self.replica.pump(&mut self.journal);
