@@ -226,14 +226,18 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    fn str(&mut self) -> Result<String, RecordError> {
+    fn str_ref(&mut self) -> Result<&'a str, RecordError> {
         let len = usize::from(self.u16()?);
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.error("string is not UTF-8".into()))
+        std::str::from_utf8(bytes).map_err(|_| self.error("string is not UTF-8".into()))
+    }
+
+    fn str(&mut self) -> Result<String, RecordError> {
+        self.str_ref().map(str::to_owned)
     }
 
     fn destination(&mut self) -> Result<Destination, RecordError> {
-        let text = self.str()?;
+        let text = self.str_ref()?;
         text.parse().map_err(|e| self.error(format!("{e}")))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Longest destination name (after the `/queue/` or `/topic/` prefix).
 pub const DESTINATION_NAME_BYTES_MAX: usize = 200;
@@ -19,9 +20,11 @@ pub enum DestinationKind {
 pub struct Destination {
     kind: DestinationKind,
     /// The whole text, prefix included, kept so that encoding a frame or a
-    /// record needs no formatting. (Ordering by it orders queues first, as
-    /// by kind then name.)
-    text: String,
+    /// record needs no formatting; shared, so that the copies a send hands
+    /// around (request, command, a connection's last destination) cost no
+    /// allocation. (Ordering by it orders queues first, as by kind then
+    /// name.)
+    text: Arc<str>,
 }
 
 /// Length of `/queue/` and `/topic/` alike.
@@ -42,23 +45,34 @@ pub enum DestinationError {
 
 impl Destination {
     pub fn new(kind: DestinationKind, name: &str) -> Result<Destination, DestinationError> {
-        let text = || format!("{}{name}", prefix(kind));
+        Destination::validated(kind, &format!("{}{name}", prefix(kind)))
+    }
+
+    /// Checks the name part of `text` (which starts with `kind`'s prefix)
+    /// and keeps the whole text: one allocation, exactly its size.
+    fn validated(kind: DestinationKind, text: &str) -> Result<Destination, DestinationError> {
+        let name = &text[PREFIX_BYTES..];
         if name.is_empty() {
-            return Err(DestinationError::Empty(text()));
+            return Err(DestinationError::Empty(text.to_owned()));
         }
         if name.len() > DESTINATION_NAME_BYTES_MAX {
-            return Err(DestinationError::TooLong { text: text() });
+            return Err(DestinationError::TooLong {
+                text: text.to_owned(),
+            });
         }
         if let Some(found) = name
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
         {
             return Err(DestinationError::Character {
-                text: text(),
+                text: text.to_owned(),
                 found,
             });
         }
-        Ok(Destination { kind, text: text() })
+        Ok(Destination {
+            kind,
+            text: Arc::from(text),
+        })
     }
 
     pub fn queue(name: &str) -> Result<Destination, DestinationError> {
@@ -100,10 +114,10 @@ fn prefix(kind: DestinationKind) -> &'static str {
 impl FromStr for Destination {
     type Err = DestinationError;
     fn from_str(text: &str) -> Result<Destination, DestinationError> {
-        if let Some(name) = text.strip_prefix("/queue/") {
-            Destination::queue(name)
-        } else if let Some(name) = text.strip_prefix("/topic/") {
-            Destination::topic(name)
+        if text.starts_with(prefix(DestinationKind::Queue)) {
+            Destination::validated(DestinationKind::Queue, text)
+        } else if text.starts_with(prefix(DestinationKind::Topic)) {
+            Destination::validated(DestinationKind::Topic, text)
         } else {
             Err(DestinationError::Prefix(text.to_owned()))
         }

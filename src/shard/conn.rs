@@ -56,6 +56,10 @@ pub struct Conn {
     deadline: Instant,
     /// The destination of each of this connection's subscriptions.
     subscriptions: HashMap<u32, Destination>,
+    /// The destination this connection last named: a producer names the
+    /// same one send after send, and reusing it spares validating and
+    /// allocating it each time.
+    last_destination: Option<Destination>,
     closing: Closing,
     shut: bool,
     /// The answer to a good HELLO, written by the connection itself so that
@@ -93,6 +97,7 @@ impl Conn {
             welcomed: false,
             deadline,
             subscriptions: HashMap::new(),
+            last_destination: None,
             closing: Closing::Open,
             shut: false,
             welcome,
@@ -376,8 +381,16 @@ impl Conn {
     }
 
     fn parse(&mut self, request_id: u64, text: &str) -> Option<Destination> {
+        if let Some(last) = &self.last_destination
+            && last.as_str() == text
+        {
+            return Some(last.clone());
+        }
         match text.parse::<Destination>() {
-            Ok(destination) => Some(destination),
+            Ok(destination) => {
+                self.last_destination = Some(destination.clone());
+                Some(destination)
+            }
             Err(error) => {
                 self.refuse(request_id, ErrorCode::InvalidDestination, error.to_string());
                 None
