@@ -135,6 +135,8 @@ fn bench_suite_prints_one_table_of_medians_beside_floors_and_targets() {
         "floor: disk 4 KiB write + fdatasync",
         "pair as shipped, ack replicated",
         "pair, window 1, send-to-ack p50",
+        "floor: disk 4 KiB write + fdatasync, two writers at once",
+        "beside the same-disk flush floor",
         "× 16 KiB",
         "catch-up, Sync to in sync",
         "server RSS",
@@ -194,6 +196,12 @@ fn bench_replicated_json_reports_every_figure_beside_its_floor() {
     assert!(
         (window1_floor - (rtt + flush)).abs() < 1e-6,
         "{window1_floor}"
+    );
+    let paired_flush = positive(&report, &["floors", "disk_flush_paired_p50_us"]);
+    let same_disk_floor = positive(&report, &["window1_same_disk_floor_us"]);
+    assert!(
+        (same_disk_floor - (rtt + paired_flush)).abs() < 1e-6,
+        "{same_disk_floor}"
     );
 
     // Every [net.ha] variant, the shipped one first.

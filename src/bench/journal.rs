@@ -190,6 +190,34 @@ pub fn flush_floor(dir: &Path, budget: Duration) -> Result<Latency, BenchError> 
     latency
 }
 
+/// The same while a second writer overwrites and flushes its own file on
+/// the same disk at once: the flush each server of a pair sharing one disk
+/// waits for when both flush the same batch. Both writers' latencies.
+pub fn paired_flush_floor(dir: &Path, budget: Duration) -> Result<Latency, BenchError> {
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let paths = [dir.join("flush-floor-a"), dir.join("flush-floor-b")];
+    let result = paths
+        .iter()
+        .try_for_each(|path| make_zeroed(path, FLOOR_FILE_BYTES))
+        .and_then(|()| {
+            std::thread::scope(|scope| {
+                let writers: Vec<_> = paths
+                    .iter()
+                    .map(|path| scope.spawn(|| flush_4k(path, budget, u64::MAX)))
+                    .collect();
+                let mut latency = Latency::default();
+                for writer in writers {
+                    latency.merge(&writer.join().expect("flush floor writer panicked")?);
+                }
+                Ok(latency)
+            })
+        });
+    for path in &paths {
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
 pub(crate) fn make_zeroed(path: &Path, bytes: u64) -> Result<(), BenchError> {
     let file = File::create(path).map_err(io_error(path))?;
     io::write_zeros(&file, 0, bytes).map_err(io_error(path))?;

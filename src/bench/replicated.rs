@@ -2,12 +2,15 @@
 //! floor it is held to, all measured in one run on one machine.
 //!
 //! ```text
-//!   floors          disk: 4 KiB write + fdatasync p50; 1 MiB O_DIRECT + dsync MiB/s
+//!   floors          disk: 4 KiB write + fdatasync p50, alone and two writers at once;
+//!                   1 MiB O_DIRECT + dsync MiB/s
 //!                   loopback: 64 B ping-pong p50; one TCP stream MiB/s
 //!   single server   4 producers x window 64, 1 KiB persistent: msgs/s (ack local)
 //!                   window 1: send-to-ack p50 ÷ flush p50 (what the pair adds to)
 //!   pair            the same load, ack replicated: msgs/s ÷ the single server's
-//!                   window 1: send-to-ack p50 ÷ (loopback RTT p50 + flush p50)
+//!                   window 1: send-to-ack p50 ÷ (loopback RTT p50 + flush p50),
+//!                   and ÷ (RTT p50 + two-writer flush p50): both servers flush
+//!                   each batch at once, here on one disk
 //!                   both again for each [net.ha] variant (nodelay, buffers)
 //!   catch-up        fresh pair, passive SIGKILLed, N MiB of 16 KiB sent to the active,
 //!                   passive restarted: bytes ÷ time to in sync ÷ min(disk, loopback)
@@ -29,7 +32,7 @@
 use super::broker::{client_error, start_server, window1};
 use super::journal::{
     BenchError, FLOOR_FILE_BYTES, direct_dsync_floor, disk_copy_floor, flush_floor, io_error,
-    make_zeroed,
+    make_zeroed, paired_flush_floor,
 };
 use super::{Latency, ratio};
 use crate::admin::Status;
@@ -113,6 +116,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize)]
 pub struct Floors {
     pub disk_flush_p50_us: f64,
+    /// The 4 KiB write + fdatasync p50 while a second writer does the same
+    /// on the same disk: what each server of a one-disk pair flushes at.
+    pub disk_flush_paired_p50_us: f64,
     pub disk_write_mib_s: f64,
     /// 1 MiB `O_DIRECT` reads of one file while another takes 1 MiB
     /// `O_DIRECT` + dsync writes, on the same disk: what a catch-up between
@@ -208,6 +214,9 @@ pub struct Report {
     pub single_window1_p50_us: f64,
     /// max(flush p50, loopback RTT p50 + flush p50).
     pub window1_floor_us: f64,
+    /// Loopback RTT p50 + the paired flush p50: the window-1 floor when
+    /// both servers flush each batch on one disk at once.
+    pub window1_same_disk_floor_us: f64,
     /// The pair with each `[net.ha]` variant; the first is the pair as
     /// shipped (`nodelay = true`, kernel buffers), the headline figures.
     pub link_variants: Vec<LinkVariant>,
@@ -235,6 +244,7 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
     let window1_floor_us = floors
         .disk_flush_p50_us
         .max(floors.loopback_rtt_p50_us + floors.disk_flush_p50_us);
+    let window1_same_disk_floor_us = floors.loopback_rtt_p50_us + floors.disk_flush_paired_p50_us;
     let body = Bytes::from(vec![0x42u8; BODY_BYTES]);
     let load = |url: &str| Load {
         url: url.to_owned(),
@@ -310,6 +320,7 @@ fn measure(dir: &Path, config: &Config) -> Result<Report, BenchError> {
         pair_16k_mib_s,
         single_window1_p50_us: single_window1.quantile_us(0.5),
         window1_floor_us,
+        window1_same_disk_floor_us,
         link_variants,
         catchup,
         takeover_hot,
@@ -350,6 +361,7 @@ fn measure_floors(
     budget: Duration,
 ) -> Result<Floors, BenchError> {
     let flush = flush_floor(dir, budget)?;
+    let paired_flush = paired_flush_floor(dir, budget)?;
     let write_floor = |dir: &Path| -> Result<(PathBuf, f64), BenchError> {
         let path = dir.join(format!("write-floor-{}", std::process::id()));
         make_zeroed(&path, FLOOR_FILE_BYTES)?;
@@ -373,6 +385,7 @@ fn measure_floors(
     let loopback = Path::new("loopback");
     Ok(Floors {
         disk_flush_p50_us: flush.quantile_us(0.5),
+        disk_flush_paired_p50_us: paired_flush.quantile_us(0.5),
         disk_write_mib_s,
         disk_copy_mib_s,
         loopback_rtt_p50_us: loopback_round_trip(budget)
@@ -876,6 +889,10 @@ pub fn render_table(r: &Report) -> String {
             us(f.disk_flush_p50_us),
         ),
         (
+            "floor: disk 4 KiB write + fdatasync, two writers at once, p50",
+            us(f.disk_flush_paired_p50_us),
+        ),
+        (
             "floor: disk 1 MiB O_DIRECT + dsync writes",
             mib(f.disk_write_mib_s),
         ),
@@ -963,6 +980,16 @@ pub fn render_table(r: &Report) -> String {
             window1_floor.clone(),
             format!("{:.2}", v.window1_ratio),
             met(v.window1_ratio <= 1.5, "≤ 1.5"),
+        ]);
+        rows.push([
+            "the same, beside the same-disk flush floor".into(),
+            us(v.window1_p50_us),
+            format!("{} (RTT + paired flush)", us(r.window1_same_disk_floor_us)),
+            format!(
+                "{:.2}",
+                ratio(v.window1_p50_us, r.window1_same_disk_floor_us)
+            ),
+            String::new(),
         ]);
         rows.push([
             format!("pair, window 1, send-to-ack p99 ({link})"),

@@ -3,9 +3,10 @@
 //! run's value, each figure beside the floor measured in the same run.
 //!
 //! ```text
-//!   per run   bench replicated   floors (disk flush, disk write, disk copy,
-//!                                loopback RTT and stream); single server and
-//!                                pair: 4×64 × 1 KiB, window 1, 4×64 × 16 KiB;
+//!   per run   bench replicated   floors (disk flush alone and paired, disk
+//!                                write, disk copy, loopback RTT and stream);
+//!                                single server and pair: 4×64 × 1 KiB,
+//!                                window 1, 4×64 × 16 KiB;
 //!                                catch-up; takeovers (hot, warm)
 //!             bench broker       N × 1 KiB queued: server RSS; drain rate
 //! ```
@@ -159,6 +160,13 @@ fn rows(first: &Run) -> Vec<Row> {
             target: None,
         },
         Row {
+            figure: "floor: disk 4 KiB write + fdatasync, two writers at once, p50".into(),
+            unit: Unit::Us,
+            value: |r| r.replicated.floors.disk_flush_paired_p50_us,
+            floor: None,
+            target: None,
+        },
+        Row {
             figure: "floor: disk 1 MiB O_DIRECT + dsync writes".into(),
             unit: Unit::MibS,
             value: |r| r.replicated.floors.disk_write_mib_s,
@@ -217,6 +225,15 @@ fn rows(first: &Run) -> Vec<Row> {
             value: |r| r.replicated.link_variants[0].window1_p50_us,
             floor: Some(("RTT + flush", Unit::Us, |r| r.replicated.window1_floor_us)),
             target: Some(("≤ 1.5", Held::Ratio(|ratio| ratio <= 1.5))),
+        },
+        Row {
+            figure: "the same, beside the same-disk flush floor".into(),
+            unit: Unit::Us,
+            value: |r| r.replicated.link_variants[0].window1_p50_us,
+            floor: Some(("RTT + paired flush", Unit::Us, |r| {
+                r.replicated.window1_same_disk_floor_us
+            })),
+            target: None,
         },
         Row {
             figure: format!("single server, ack local, {load} × 16 KiB"),
@@ -367,7 +384,8 @@ pub fn render_table(report: &Report) -> String {
         "\n{} run(s); each measurement ran {} s; {} takeovers per standby mode and run. \
          The pair is the shipped profiles/replicated pair on free ports (2 shards, hot \
          standby, ack_mode replicated), the single server has the same shards; both servers \
-         share one disk, so the catch-up is also shown beside the same-disk copy floor.",
+         share one disk, so window-1 latency is also shown beside the flush two writers get \
+         at once, and the catch-up beside the same-disk copy floor.",
         report.runs.len(),
         r.seconds,
         r.takeover_hot.runs
