@@ -30,12 +30,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the control thread steps the machine.
 const TICK: Duration = Duration::from_millis(10);
+/// How long an admin status request waits for the control thread to build
+/// a fresh status before it takes the last one.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 /// File (in the data directory) holding the confirmed epoch.
 const CONFIRMED_FILE: &str = "ha-confirmed-epoch";
 /// How long every shard has to make a new epoch's start record durable.
@@ -75,7 +78,13 @@ fn now_unix_ms() -> u64 {
 /// What the admin endpoint sees of an HA server.
 #[derive(Debug)]
 pub struct HaControl {
-    status: Mutex<Status>,
+    /// The last status the control thread published, and how many it has.
+    status: Mutex<(Status, u64)>,
+    published: Condvar,
+    /// An admin request waits for a status; the control thread builds one
+    /// on its next tick only then (building it takes every shard's stats
+    /// lock and reads the lock file and /proc: too much for every 10 ms).
+    wanted: AtomicBool,
     stop: AtomicBool,
     /// `promote --force` asked for and not yet fed to the machine; the
     /// control thread takes it on its next tick.
@@ -83,8 +92,18 @@ pub struct HaControl {
 }
 
 impl Control for HaControl {
+    /// A status built after the request, or the last one if the control
+    /// thread does not publish within [`STATUS_WAIT`] (it is busy in a
+    /// transition).
     fn status(&self) -> Status {
-        self.status.lock().expect("status lock").clone()
+        let published = self.status.lock().expect("status lock");
+        let asked_at = published.1;
+        self.wanted.store(true, Ordering::SeqCst);
+        let (published, _) = self
+            .published
+            .wait_timeout_while(published, STATUS_WAIT, |(_, count)| *count == asked_at)
+            .expect("status lock");
+        published.0.clone()
     }
 
     fn shutdown(&self) {
@@ -99,6 +118,19 @@ impl Control for HaControl {
         let message = crate::admin::forced_promotion(&self.status())?;
         self.promote.store(true, Ordering::SeqCst);
         Ok(message)
+    }
+}
+
+impl HaControl {
+    /// Whether a status request is waiting (and forgets it).
+    fn take_wanted(&self) -> bool {
+        self.wanted.swap(false, Ordering::SeqCst)
+    }
+
+    fn publish(&self, status: Status) {
+        let mut published = self.status.lock().expect("status lock");
+        *published = (status, published.1 + 1);
+        self.published.notify_all();
     }
 }
 
@@ -158,7 +190,9 @@ impl Driver {
         };
         let link = Link::start(link_config, link_tx).map_err(DriverError::Link)?;
         let control = Arc::new(HaControl {
-            status: Mutex::new(passive_status(&profile, &ha)),
+            status: Mutex::new((passive_status(&profile, &ha), 0)),
+            published: Condvar::new(),
+            wanted: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             promote: AtomicBool::new(false),
         });
@@ -484,7 +518,9 @@ impl Run {
             for input in inputs {
                 self.step(input);
             }
-            self.publish();
+            if self.control.take_wanted() {
+                self.publish();
+            }
             std::thread::sleep(TICK);
         }
         self.step(Input::Lock(LockResult::Lost {
@@ -881,7 +917,7 @@ impl Run {
             "{} -> {}: {}",
             snapshot.previous, snapshot.state, snapshot.last_reason
         ));
-        *self.control.status.lock().expect("status lock") = status;
+        self.control.publish(status);
     }
 }
 
@@ -922,4 +958,59 @@ fn persist(path: &std::path::Path, value: u64) -> std::io::Result<()> {
         crate::io::sync_dir(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> HaControl {
+        HaControl {
+            status: Mutex::new((Status::default(), 0)),
+            published: Condvar::new(),
+            wanted: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            promote: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn a_status_request_gets_a_status_built_after_it() {
+        let control = Arc::new(control());
+        control.publish(Status {
+            state: "BEFORE".into(),
+            ..Status::default()
+        });
+        // Nothing is built until someone asks.
+        assert!(!control.take_wanted());
+        let publisher = {
+            let control = Arc::clone(&control);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !control.take_wanted() {
+                    assert!(Instant::now() < deadline, "no status request arrived");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                control.publish(Status {
+                    state: "AFTER".into(),
+                    ..Status::default()
+                });
+            })
+        };
+        assert_eq!(control.status().state, "AFTER");
+        publisher.join().unwrap();
+    }
+
+    #[test]
+    fn a_busy_control_thread_leaves_a_request_with_the_last_status() {
+        let control = control();
+        control.publish(Status {
+            state: "LAST".into(),
+            ..Status::default()
+        });
+        let asked = Instant::now();
+        assert_eq!(control.status().state, "LAST");
+        assert!(asked.elapsed() >= STATUS_WAIT);
+        assert!(control.take_wanted(), "the request stays asked for");
+    }
 }
