@@ -22,6 +22,7 @@
 //! back from the journal when delivered otherwise.
 
 pub mod records;
+mod stored;
 
 use crate::ids::{ConnId, MessageId, Offset, ShardId};
 use crate::protocol::{Destination, DestinationKind};
@@ -345,7 +346,7 @@ pub struct Broker {
     shard: ShardId,
     settings: BrokerSettings,
     destinations: BTreeMap<Destination, Dest>,
-    messages: HashMap<MessageId, Stored>,
+    messages: stored::StoredMessages,
     /// Journal records still needed, by offset; the journal may release
     /// everything below the first.
     live_messages: BTreeSet<Offset>,
@@ -382,7 +383,7 @@ impl Broker {
             shard,
             settings,
             destinations: BTreeMap::new(),
-            messages: HashMap::new(),
+            messages: stored::StoredMessages::default(),
             live_messages: BTreeSet::new(),
             live_meta: BTreeMap::new(),
             meta_offsets: HashMap::new(),
@@ -1055,10 +1056,14 @@ impl Broker {
 
     /// Drops one holder of a message; frees it with the last.
     fn release_ref(&mut self, id: MessageId, durable: bool) {
-        let Some(stored) = self.messages.get_mut(&id) else {
+        let Some(stored) = self.messages.get_mut(id) else {
             return;
         };
-        stored.refs -= 1;
+        // The last holder removes it: the map takes no zero-holder entry.
+        let last = stored.refs == 1;
+        if !last {
+            stored.refs -= 1;
+        }
         if durable && stored.durable_refs > 0 {
             stored.durable_refs -= 1;
             if stored.durable_refs == 0
@@ -1067,8 +1072,8 @@ impl Broker {
                 self.live_messages.remove(&offset);
             }
         }
-        if stored.refs == 0 {
-            let stored = self.messages.remove(&id).expect("present");
+        if last {
+            let stored = self.messages.remove(id).expect("present");
             if let Some(data) = stored.data {
                 self.cached_bytes -= data.bytes();
             }
@@ -1304,7 +1309,7 @@ impl Broker {
                 // Not durable yet; `on_durable` asks for a dispatch later.
                 return Ok(());
             }
-            let Some(stored) = self.messages.get(&id) else {
+            let Some(stored) = self.messages.get(id) else {
                 // Released with a deleted destination; forget it.
                 self.queue_mut(destination, slot)
                     .expect("queue")
@@ -1415,7 +1420,7 @@ impl Broker {
         id: MessageId,
         store: &mut dyn Store,
     ) -> Result<Arc<MessageData>, StoreError> {
-        let stored = self.messages.get(&id).expect("stored message");
+        let stored = self.messages.get(id).expect("stored message");
         if let Some(data) = &stored.data {
             return Ok(data.clone());
         }
