@@ -92,18 +92,10 @@ pub struct HaControl {
 }
 
 impl Control for HaControl {
-    /// A status built after the request, or the last one if the control
-    /// thread does not publish within [`STATUS_WAIT`] (it is busy in a
-    /// transition).
+    /// A status built after the request, or the last one published if the
+    /// control thread is busy in a transition for [`STATUS_WAIT`].
     fn status(&self) -> Status {
-        let published = self.status.lock().expect("status lock");
-        let asked_at = published.1;
-        self.wanted.store(true, Ordering::SeqCst);
-        let (published, _) = self
-            .published
-            .wait_timeout_while(published, STATUS_WAIT, |(_, count)| *count == asked_at)
-            .expect("status lock");
-        published.0.clone()
+        self.fresh_status().0
     }
 
     fn shutdown(&self) {
@@ -114,14 +106,33 @@ impl Control for HaControl {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// Decided on a status built after the request, never on an old one.
     fn promote_force(&self) -> Result<String, String> {
-        let message = crate::admin::forced_promotion(&self.status())?;
+        let (status, fresh) = self.fresh_status();
+        if !fresh {
+            return Err("the HA control thread is busy in a transition; ask again".to_owned());
+        }
+        let message = crate::admin::forced_promotion(&status)?;
         self.promote.store(true, Ordering::SeqCst);
         Ok(message)
     }
 }
 
 impl HaControl {
+    /// Asks the control thread for a status and waits for one built after
+    /// the request: it and `true`, or the last published one and `false` if
+    /// none comes within [`STATUS_WAIT`].
+    fn fresh_status(&self) -> (Status, bool) {
+        let published = self.status.lock().expect("status lock");
+        let asked_at = published.1;
+        self.wanted.store(true, Ordering::SeqCst);
+        let (published, wait) = self
+            .published
+            .wait_timeout_while(published, STATUS_WAIT, |(_, count)| *count == asked_at)
+            .expect("status lock");
+        (published.0.clone(), !wait.timed_out())
+    }
+
     /// Whether a status request is waiting (and forgets it).
     fn take_wanted(&self) -> bool {
         self.wanted.swap(false, Ordering::SeqCst)
@@ -326,6 +337,10 @@ fn redirect_loop(listener: TcpListener, active: &str, stop: &AtomicBool) {
 /// The control thread's state.
 struct Run {
     profile: Profile,
+    /// The HA state and epoch of the last published status: a change is
+    /// published unasked, so that the status a request gets while this
+    /// thread is busy is at least in the right state.
+    published_state: Option<(State, Epoch)>,
     ha: HaConfig,
     machine: Machine,
     lock: LockFile,
@@ -450,6 +465,7 @@ impl Run {
         let machine = Machine::new(config, 0, stamp, Epoch(confirmed));
         let (gateway_tx, gateway_rx) = pinger(ha.gateway, t.ping_interval / 2);
         Run {
+            published_state: None,
             profile,
             machine,
             lock,
@@ -518,7 +534,9 @@ impl Run {
             for input in inputs {
                 self.step(input);
             }
-            if self.control.take_wanted() {
+            let state = Some((self.machine.state(), self.machine.epoch()));
+            if self.control.take_wanted() || state != self.published_state {
+                self.published_state = state;
                 self.publish();
             }
             std::thread::sleep(TICK);
@@ -1012,5 +1030,9 @@ mod tests {
         assert_eq!(control.status().state, "LAST");
         assert!(asked.elapsed() >= STATUS_WAIT);
         assert!(control.take_wanted(), "the request stays asked for");
+        // A forced promotion is never decided on that old status.
+        let refused = control.promote_force().unwrap_err();
+        assert!(refused.contains("busy in a transition"), "{refused}");
+        assert!(!control.promote.load(Ordering::SeqCst));
     }
 }
