@@ -182,20 +182,27 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
 /// The 4 KiB overwrite + fdatasync latency of a fresh zero-filled file in
 /// `dir`: the floor every durable acknowledgement is held to.
 pub fn flush_floor(dir: &Path, budget: Duration) -> Result<Latency, BenchError> {
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let path = dir.join("flush-floor");
-    make_zeroed(&path, FLOOR_FILE_BYTES)?;
-    let latency = flush_4k(&path, budget, u64::MAX);
-    let _ = fs::remove_file(&path);
-    latency
+    concurrent_flush_floor(dir, budget, 1)
 }
 
 /// The same while a second writer overwrites and flushes its own file on
 /// the same disk at once: the flush each server of a pair sharing one disk
 /// waits for when both flush the same batch. Both writers' latencies.
 pub fn paired_flush_floor(dir: &Path, budget: Duration) -> Result<Latency, BenchError> {
+    concurrent_flush_floor(dir, budget, 2)
+}
+
+/// `writers` threads, each overwriting and flushing a fresh zero-filled
+/// file of its own in `dir` at once; all their latencies.
+fn concurrent_flush_floor(
+    dir: &Path,
+    budget: Duration,
+    writers: usize,
+) -> Result<Latency, BenchError> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let paths = [dir.join("flush-floor-a"), dir.join("flush-floor-b")];
+    let paths: Vec<_> = (0..writers)
+        .map(|n| dir.join(format!("flush-floor-{n}")))
+        .collect();
     let result = paths
         .iter()
         .try_for_each(|path| make_zeroed(path, FLOOR_FILE_BYTES))

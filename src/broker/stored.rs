@@ -75,17 +75,17 @@ impl Sorted {
     }
 
     fn insert(&mut self, id: MessageId, stored: Stored) {
-        match self.entries.back() {
-            None => self.entries.push_back((id, stored)),
-            Some(&(last, _)) if last < id => self.entries.push_back((id, stored)),
-            Some(_) => match self.entries.binary_search_by_key(&id, |&(id, _)| id) {
-                Ok(i) => {
-                    assert!(is_hole(&self.entries[i].1), "message {id:?} stored twice");
-                    self.entries[i].1 = stored;
-                    self.holes -= 1;
-                }
-                Err(i) => self.entries.insert(i, (id, stored)),
-            },
+        if self.entries.back().is_none_or(|&(last, _)| last < id) {
+            self.entries.push_back((id, stored));
+            return;
+        }
+        match self.entries.binary_search_by_key(&id, |&(id, _)| id) {
+            Ok(i) => {
+                assert!(is_hole(&self.entries[i].1), "message {id:?} stored twice");
+                self.entries[i].1 = stored;
+                self.holes -= 1;
+            }
+            Err(i) => self.entries.insert(i, (id, stored)),
         }
     }
 

@@ -560,11 +560,9 @@ impl SegmentDir {
                 .write(true)
                 .open(&file.path)
                 .map_err(JournalError::io("open", &file.path))?;
+            // Durable on return: write_zeros flushes each chunk it writes.
             write_zeros(&handle, lo - file.start, hi - lo)
                 .map_err(JournalError::io("erase", &file.path))?;
-            handle
-                .sync_data()
-                .map_err(JournalError::io("sync", &file.path))?;
         }
         Ok(())
     }

@@ -114,12 +114,12 @@ fn prefix(kind: DestinationKind) -> &'static str {
 impl FromStr for Destination {
     type Err = DestinationError;
     fn from_str(text: &str) -> Result<Destination, DestinationError> {
-        if text.starts_with(prefix(DestinationKind::Queue)) {
-            Destination::validated(DestinationKind::Queue, text)
-        } else if text.starts_with(prefix(DestinationKind::Topic)) {
-            Destination::validated(DestinationKind::Topic, text)
-        } else {
-            Err(DestinationError::Prefix(text.to_owned()))
+        match [DestinationKind::Queue, DestinationKind::Topic]
+            .into_iter()
+            .find(|&kind| text.starts_with(prefix(kind)))
+        {
+            Some(kind) => Destination::validated(kind, text),
+            None => Err(DestinationError::Prefix(text.to_owned())),
         }
     }
 }
