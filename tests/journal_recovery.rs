@@ -146,8 +146,94 @@ fn read_records(journal: &Journal) -> Vec<(RecordKind, u64, Vec<u8>)> {
     read_all(journal)
 }
 
+/// Appends `bytes` (whole records at `at`) to a replica, flushing first
+/// when its batch is full.
+fn append_raw(replica: &mut Journal, ring: &mut twinmq::io::Ring, at: Offset, bytes: &[u8]) {
+    loop {
+        match replica.append_raw(at, bytes) {
+            Ok(()) => return,
+            Err(JournalError::Full) => {
+                replica.sync(ring).unwrap();
+            }
+            Err(other) => panic!("append_raw: {other}"),
+        }
+    }
+}
+
+/// The source's records from `from` cut into chunks of whole records of
+/// about `sizes[i]` bytes each (cycling), as (offset, bytes).
+fn chunks(source: &Journal, from: Offset, sizes: &[usize]) -> Vec<(Offset, Vec<u8>)> {
+    let mut reader = RecordReader::new(from);
+    let mut cuts = vec![from];
+    while let Some(record) = reader.next_record(source).unwrap() {
+        let want = sizes[(cuts.len() - 1) % sizes.len()] as u64;
+        if record.header.end() - *cuts.last().unwrap() >= want {
+            cuts.push(record.header.end());
+        }
+    }
+    if *cuts.last().unwrap() < source.durable_offset() {
+        cuts.push(source.durable_offset());
+    }
+    cuts.windows(2)
+        .map(|pair| {
+            let mut bytes = vec![0; (pair[1] - pair[0]) as usize];
+            assert_eq!(source.read_raw(pair[0], &mut bytes).unwrap(), bytes.len());
+            (pair[0], bytes)
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// A replica's write may hold several of the source's batches, so a
+    /// tear must be judged by the replica's writes: recovery keeps a prefix
+    /// with everything durable before the last write, and catching up from
+    /// there leaves exactly the source's records.
+    #[test]
+    fn crash_in_a_replicas_last_write_recovers_a_prefix(
+        batches in prop::collection::vec(prop::collection::vec(spec(), 1..6), 2..14),
+        sizes in prop::collection::vec(1usize..20_000, 1..5),
+        tear in tear(),
+    ) {
+        let Fixture { dir: _source_dir, options, mut ring, journal: mut source } =
+            started(small_options(Durability::DirectDsync));
+        let mut epoch = 1;
+        let mut expected = vec![(RecordKind::EpochStart, 1, vec![])];
+        for batch in &batches {
+            prop_assume!(append_batch(&mut source, &mut ring, &mut epoch, batch, &mut expected));
+        }
+        let mut chunks = chunks(&source, Offset::ZERO, &sizes);
+        let last = chunks.pop().unwrap();
+        let replica_dir = tempfile::tempdir().unwrap();
+        let mut replica = open(replica_dir.path(), &options);
+        for (at, bytes) in &chunks {
+            append_raw(&mut replica, &mut ring, *at, bytes);
+        }
+        replica.sync(&mut ring).unwrap();
+        let durable_before = replica.durable_offset();
+        let before = files(replica_dir.path());
+        append_raw(&mut replica, &mut ring, last.0, &last.1);
+        let end = replica.sync(&mut ring).unwrap();
+        drop(replica);
+        let after = files(replica_dir.path());
+        apply_tear(replica_dir.path(), &before, &after, durable_before.get(), end.get(), &tear);
+
+        let mut replica = open(replica_dir.path(), &options);
+        let recovered = read_records(&replica);
+        prop_assert!(replica.end_offset() >= durable_before);
+        prop_assert_eq!(&recovered[..], &expected[..recovered.len()]);
+
+        // Catching up from where it ends: nothing cut resurfaces.
+        let from = replica.end_offset();
+        for (at, bytes) in self::chunks(&source, from, &sizes) {
+            append_raw(&mut replica, &mut ring, at, &bytes);
+        }
+        replica.sync(&mut ring).unwrap();
+        drop(replica);
+        let replica = open(replica_dir.path(), &options);
+        prop_assert_eq!(read_records(&replica), expected);
+    }
 
     #[test]
     fn crash_in_last_batch_recovers_a_prefix_of_what_was_appended(
@@ -281,6 +367,77 @@ fn torn_tail_is_truncated_mid_log_corruption_is_not() {
     assert!(
         error.starts_with(&format!(
             "corrupt journal: segment 00000000000000000000.seg, offset {first}"
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn replica_damage_beyond_one_write_is_corruption_and_own_batches_are_judged_by_their_batch() {
+    let options = small_options(Durability::DirectDsync);
+    let Fixture {
+        dir: _source_dir,
+        mut ring,
+        journal: mut source,
+        ..
+    } = started(options.clone());
+    // 15 records of 3 KiB: more than one write (40 KiB) and all in the
+    // first 64 KiB segment, with room behind for two more.
+    let mut offsets = vec![];
+    for i in 0..15 {
+        offsets.push(append(&mut source, &mut ring, 1, &payload(i, 3000)));
+        source.sync(&mut ring).unwrap();
+    }
+    let replica_dir = tempfile::tempdir().unwrap();
+    let mut replica = open(replica_dir.path(), &options);
+    for (at, bytes) in chunks(&source, Offset::ZERO, &[30_000]) {
+        append_raw(&mut replica, &mut ring, at, &bytes);
+    }
+    replica.sync(&mut ring).unwrap();
+    drop(replica);
+    let marked = replica_dir.path().join("RAW_TAIL");
+    assert!(marked.exists(), "a replica marks its tail");
+    let path = replica_dir.path().join(format!("{:020}.seg", 0));
+    let clean = std::fs::read(&path).unwrap();
+
+    // Damage in the first record, far more than one write before intact
+    // records: corruption, and nothing changed.
+    let mut flipped = clean.clone();
+    flipped[offsets[0].get() as usize + 100] ^= 4;
+    std::fs::write(&path, &flipped).unwrap();
+    let error = Journal::open(replica_dir.path(), options.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(&format!(
+            "corrupt journal: segment 00000000000000000000.seg, offset {}",
+            offsets[0]
+        )),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), flipped);
+    std::fs::write(&path, &clean).unwrap();
+
+    // The replica becomes a writer of its own: once its raw bytes are
+    // durable, its first append takes the mark down, and damage before a
+    // later batch of its own is corruption again however close it lies.
+    let mut own = open(replica_dir.path(), &options);
+    own.append(RecordKind::EpochStart, Epoch(2), b"").unwrap();
+    assert!(!marked.exists(), "a local append takes the mark down");
+    let a = append(&mut own, &mut ring, 2, &payload(100, 3000));
+    own.sync(&mut ring).unwrap();
+    append(&mut own, &mut ring, 2, &payload(101, 3000));
+    own.sync(&mut ring).unwrap();
+    drop(own);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[a.get() as usize + 100] ^= 4;
+    std::fs::write(&path, &bytes).unwrap();
+    let error = Journal::open(replica_dir.path(), options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(&format!(
+            "corrupt journal: segment 00000000000000000000.seg, offset {a}"
         )),
         "{error}"
     );

@@ -43,5 +43,6 @@ pub fn inspect(dir: &Path) -> Result<Option<Scan>, JournalError> {
     if files.is_empty() {
         return Ok(None);
     }
-    recovery::scan(&files.iter().collect::<Vec<_>>()).map(Some)
+    let raw_span = segments::raw_tail(dir)?;
+    recovery::scan(&files.iter().collect::<Vec<_>>(), raw_span).map(Some)
 }

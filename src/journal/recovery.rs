@@ -13,6 +13,17 @@
 //!   ends at H, and those records are erased so they can never resurface
 //!   behind later appends.
 //!
+//! A replica's journal (`append_raw`) holds the peer's records, whose
+//! `batch_back` describes the peer's batches, not the replica's own writes:
+//! one replica write may hold several peer batches, so a later peer batch
+//! intact inside a torn replica write proves nothing. While the directory
+//! says its newest writes may be a replica's (`RAW_TAIL`, with the most bytes
+//! one spans, S), the proof is distance instead: the torn write began at or
+//! before H and spans at most S bytes, so a valid record ending past `H + S`
+//! was written before it, and H with it: corruption. A damaged record within
+//! S bytes of a later intact one reads as a torn tail there; like the case
+//! below, the peer's copy covers it.
+//!
 //! A record with a valid CRC but impossible content (an epoch going back, a
 //! padding record that stops short of the segment end) is corruption too: a
 //! torn write cannot produce a valid checksum.
@@ -64,8 +75,9 @@ fn corrupt(file: &SegmentFile, offset: Offset, reason: String) -> JournalError {
     }
 }
 
-/// Scans `files` (contiguous, oldest first, at least one).
-pub fn scan(files: &[&SegmentFile]) -> Result<Scan, JournalError> {
+/// Scans `files` (contiguous, oldest first, at least one). `raw_span`: the
+/// newest writes may be a replica's, each at most this many bytes.
+pub fn scan(files: &[&SegmentFile], raw_span: Option<u64>) -> Result<Scan, JournalError> {
     assert!(!files.is_empty(), "scan needs a segment");
     let start = files[0].start;
     let mut epochs = EpochLog::new(start > Offset::ZERO);
@@ -90,7 +102,7 @@ pub fn scan(files: &[&SegmentFile]) -> Result<Scan, JournalError> {
                     pos += header.record_bytes();
                 }
                 Err(invalid) => {
-                    let torn = classify(files, index, pos, &mut data, invalid)?;
+                    let torn = classify(files, index, pos, &mut data, invalid, raw_span)?;
                     return Ok(Scan {
                         start,
                         end: at,
@@ -122,6 +134,7 @@ fn classify(
     pos: usize,
     data: &mut Vec<u8>,
     invalid: Invalid,
+    raw_span: Option<u64>,
 ) -> Result<Option<TornTail>, JournalError> {
     let file = files[index];
     let hole = file.start + pos as u64;
@@ -147,9 +160,13 @@ fn classify(
             }
             let payload_max = (data.len() - q - HEADER_BYTES) as u32;
             if let Ok(header) = record::check(&data[q..], later.start + q as u64, payload_max) {
-                if header.batch_start() > hole {
+                let written_before = match raw_span {
+                    Some(span) => header.end() > hole + span,
+                    None => header.batch_start() > hole,
+                };
+                if written_before {
                     let reason = format!(
-                        "{invalid}, yet a later batch is intact at offset {}",
+                        "{invalid}, yet a later write is intact at offset {}",
                         header.offset
                     );
                     return Err(corrupt(file, hole, reason));

@@ -8,7 +8,10 @@
 //! - `spare-<n>.seg` — zero-filled or recycled files ready to become the next
 //!   segment by a rename (their stale bytes never parse as records because a
 //!   record header must name its own offset);
-//! - `*.tmp` — spares being zero-filled; removed on open.
+//! - `*.tmp` — spares being zero-filled; removed on open;
+//! - `RAW_TAIL` — present while the newest writes may be a replica's
+//!   (`append_raw`): it holds the most bytes such a write spans, which is
+//!   what recovery needs to judge a torn tail there (see `recovery`).
 //!
 //! Files are zero-filled (written), not merely `fallocate`d: a first write into
 //! an unwritten extent makes every flush commit extent metadata too, which the
@@ -30,6 +33,20 @@ const SEGMENT_SUFFIX: &str = ".seg";
 const SPARE_PREFIX: &str = "spare-";
 const TMP_SUFFIX: &str = ".tmp";
 const LOCK_NAME: &str = "LOCK";
+const RAW_TAIL_NAME: &str = "RAW_TAIL";
+
+/// The span of a replica's writes recorded in `dir` (`RAW_TAIL`), if any.
+pub fn raw_tail(dir: &Path) -> Result<Option<u64>, JournalError> {
+    let path = dir.join(RAW_TAIL_NAME);
+    match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            let why = format!("expected a byte count, found {:?}", text.trim());
+            JournalError::io("read", &path)(io::Error::new(io::ErrorKind::InvalidData, why))
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(JournalError::io("read", &path)(error)),
+    }
+}
 
 /// A segment file opened for reading (recovery, readers).
 #[derive(Debug)]
@@ -597,6 +614,25 @@ impl SegmentDir {
         }
         if let Some(save) = save_to {
             sync_dir(save).map_err(JournalError::io("sync", save))?;
+        }
+        self.sync_dir()
+    }
+
+    /// Records durably that the newest writes may be a replica's, each
+    /// spanning at most `span` bytes (`Some`), or that they are this
+    /// journal's own batches again (`None`).
+    pub fn set_raw_tail(&self, span: Option<u64>) -> Result<(), JournalError> {
+        let path = self.dir.join(RAW_TAIL_NAME);
+        match span {
+            Some(span) => {
+                let tmp = self.dir.join(format!("{RAW_TAIL_NAME}{TMP_SUFFIX}"));
+                let file = File::create(&tmp).map_err(JournalError::io("create", &tmp))?;
+                file.write_all_at(format!("{span}\n").as_bytes(), 0)
+                    .and_then(|()| file.sync_all())
+                    .map_err(JournalError::io("write", &tmp))?;
+                fs::rename(&tmp, &path).map_err(JournalError::io("rename", &tmp))?;
+            }
+            None => fs::remove_file(&path).map_err(JournalError::io("remove", &path))?,
         }
         self.sync_dir()
     }

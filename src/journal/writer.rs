@@ -20,7 +20,7 @@ use super::epochs::{EpochLog, EpochViolation};
 use super::options::{Durability, FaultOp, JournalOptions};
 use super::record::{self, HEADER_BYTES, RecordKind};
 use super::recovery::{self, Scan, TornTail};
-use super::segments::SegmentDir;
+use super::segments::{self, SegmentDir};
 use crate::constants::BLOCK_BYTES;
 use crate::ids::{Epoch, Offset};
 use crate::io::{AlignedBuf, Completion, Owner, Ring, Token};
@@ -160,6 +160,17 @@ pub struct Journal {
     seq: u64,
     poison: Option<Arc<str>>,
     report: RecoveryReport,
+    /// While the directory's `RAW_TAIL` mark is up: the span it records
+    /// and where the newest raw (replica) bytes end. Local appends take the
+    /// mark down once every byte below it is durable, so recovery judges a
+    /// tail of this journal's own batches by their `batch_back` again.
+    raw_tail: Option<RawTail>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawTail {
+    span: u64,
+    end: Offset,
 }
 
 impl Drop for Journal {
@@ -203,7 +214,8 @@ impl Journal {
         if files.is_empty() {
             files.create_first(Offset::ZERO)?;
         }
-        let scan: Scan = recovery::scan(&files.files())?;
+        let raw_span = segments::raw_tail(dir)?;
+        let scan: Scan = recovery::scan(&files.files(), raw_span)?;
         if let Some(torn) = &scan.torn {
             tracing::warn!(
                 dir = %dir.display(), at = torn.at.get(), reason = %torn.reason,
@@ -247,6 +259,10 @@ impl Journal {
             seq: 0,
             poison: None,
             report,
+            raw_tail: raw_span.map(|span| RawTail {
+                span,
+                end: scan.end,
+            }),
             options,
         };
         journal.reload_carry()?;
@@ -386,6 +402,10 @@ impl Journal {
     ) -> Result<Offset, JournalError> {
         self.check_poison()?;
         assert!(kind != RecordKind::Padding, "padding is the journal's own");
+        if self.raw_tail.is_some_and(|raw| self.durable >= raw.end) {
+            self.files.set_raw_tail(None)?;
+            self.raw_tail = None;
+        }
         let record_bytes = HEADER_BYTES + payload.len();
         if record_bytes > self.options.batch_bytes_max {
             return Err(JournalError::RecordTooLarge {
@@ -473,6 +493,16 @@ impl Journal {
             self.filling.refused = true;
             return Err(JournalError::Full);
         }
+        // Up, with this journal's span (the options may have changed since
+        // it was written), before the first raw byte can reach the disk.
+        let span = batch_capacity(self.options.batch_bytes_max) as u64;
+        if self.raw_tail.is_none_or(|raw| raw.span != span) {
+            self.files.set_raw_tail(Some(span))?;
+        }
+        self.raw_tail = Some(RawTail {
+            span,
+            end: at + bytes.len() as u64,
+        });
         let mut pos = 0;
         while pos < bytes.len() {
             if self.end == self.tail_end() {
@@ -886,7 +916,15 @@ impl Journal {
         self.epochs.truncate(to);
         self.end = to;
         self.durable = to;
+        self.cut_raw_tail(to);
         self.reload_carry()
+    }
+
+    /// The log now ends at `end`, all of it durable.
+    fn cut_raw_tail(&mut self, end: Offset) {
+        if let Some(raw) = &mut self.raw_tail {
+            raw.end = raw.end.min(end);
+        }
     }
 
     /// Starts the log again, empty, at `at` (a segment boundary of the
@@ -911,6 +949,7 @@ impl Journal {
         self.start = at;
         self.end = at;
         self.durable = at;
+        self.cut_raw_tail(at);
         self.reload_carry()
     }
 
