@@ -12,8 +12,8 @@ use twinmq::journal::{
 
 const MODES: [Durability; 2] = [Durability::DirectDsync, Durability::WriteFdatasync];
 
-/// Also with no spares: every segment after the first is then an allocated
-/// one (the journal outran its zero-filler), which must read back the same.
+/// Also with no spares: every segment after the first is then zero-filled
+/// on the journal's own thread at its roll.
 #[test]
 fn appended_records_become_durable_and_read_back_across_segments() {
     for (mode, spare_segments) in MODES.into_iter().flat_map(|mode| [(mode, 1), (mode, 0)]) {

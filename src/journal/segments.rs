@@ -13,15 +13,13 @@
 //!   (`append_raw`): it holds the most bytes such a write spans, which is
 //!   what recovery needs to judge a torn tail there (see `recovery`).
 //!
-//! Spares are zero-filled (written), not merely `fallocate`d: a first write
-//! into an unwritten extent makes every flush commit extent metadata too,
-//! which the journal benchmark measures. Only a journal that outruns the
-//! zero-filler rolls into an allocated file, rather than stall its appends
-//! while a whole segment of zeros is written.
+//! Files are zero-filled (written), not merely `fallocate`d: a first write into
+//! an unwritten extent makes every flush commit extent metadata too, which the
+//! journal benchmark measures.
 
 use super::JournalError;
 use crate::ids::Offset;
-use crate::io::{drop_cache, fallocate, open_rw, sync_dir, write_zeros};
+use crate::io::{drop_cache, open_rw, sync_dir, write_zeros};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -171,19 +169,9 @@ pub fn open_for_reading(listing: &Listing) -> Result<Vec<SegmentFile>, JournalEr
     Ok(files)
 }
 
-/// How a new segment file gets its blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fill {
-    /// Written with zeros: later flushes commit no extent metadata.
-    Zeros,
-    /// `fallocate`d (unwritten extents; zeros where a filesystem cannot):
-    /// at once, but each first write into it also commits metadata.
-    Allocate,
-}
-
-/// Makes a new file of `bytes` (a whole number of blocks) at `tmp`, filled
-/// as `fill` says, flushes it, and renames it to `path` durably.
-fn create_segment(tmp: &Path, path: &Path, bytes: u64, dir: &Path, fill: Fill) -> io::Result<()> {
+/// Writes `bytes` zeros (a whole number of blocks) into a new file at
+/// `tmp`, flushes it, and renames it to `path` durably.
+fn create_zeroed(tmp: &Path, path: &Path, bytes: u64, dir: &Path) -> io::Result<()> {
     let result = (|| {
         let created = OpenOptions::new().write(true).create_new(true).open(tmp)?;
         // With O_DIRECT the zeros skip the page cache: no copy into it (the
@@ -194,15 +182,7 @@ fn create_segment(tmp: &Path, path: &Path, bytes: u64, dir: &Path, fill: Fill) -
             Some(direct) => (direct, true),
             None => (created, false),
         };
-        let allocated = fill == Fill::Allocate
-            && match fallocate(&file, bytes) {
-                Ok(()) => true,
-                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => false,
-                Err(error) => return Err(error),
-            };
-        if !allocated {
-            write_zeros(&file, 0, bytes)?;
-        }
+        write_zeros(&file, 0, bytes)?;
         file.sync_all()?;
         if !direct {
             drop_cache(&file)?;
@@ -254,8 +234,7 @@ impl Preallocator {
                 .name("twinmq-prealloc".into())
                 .spawn(move || {
                     for job in jobs {
-                        let result =
-                            create_segment(&job.tmp, &job.path, job.bytes, &job.dir, Fill::Zeros);
+                        let result = create_zeroed(&job.tmp, &job.path, job.bytes, &job.dir);
                         if done.send((job.path, result)).is_err() {
                             return;
                         }
@@ -293,10 +272,6 @@ pub struct SegmentDir {
     spare_target: usize,
     next_spare_id: u64,
     prealloc: Preallocator,
-    /// The journal rolled into an allocated segment and has not had a
-    /// batch short of the cap since: no zero-filling is requested, as it
-    /// would only halve the write bandwidth the journal is using up.
-    outrun: bool,
     _lock: File,
 }
 
@@ -385,7 +360,6 @@ impl SegmentDir {
             spare_target,
             next_spare_id,
             prealloc: Preallocator::new(),
-            outrun: false,
             _lock: lock,
         };
         for file in files {
@@ -516,26 +490,16 @@ impl SegmentDir {
                 sync_dir(&self.dir).map_err(JournalError::io("sync", &self.dir))?;
             }
             None => {
-                // The journal outran the zero-filler (a burst, a catch-up).
-                // Zero-filling here would hold every append of the shard
-                // for a whole segment's write; an allocated segment is
-                // ready at once and costs a metadata commit per flush until
-                // it is full. The very first segment waits for its zeros.
-                let fill = if self.segments.is_empty() {
-                    Fill::Zeros
-                } else {
-                    tracing::info!(
+                if !self.segments.is_empty() {
+                    tracing::warn!(
                         segment = %path.display(),
-                        "no zero-filled spare ready; rolling into an allocated segment \
-                         (zero-filling resumes once batches fall short of the cap)"
+                        "no spare segment ready; zero-filling on the journal thread"
                     );
-                    self.outrun = true;
-                    Fill::Allocate
-                };
+                }
                 let tmp = self
                     .dir
                     .join(format!("{}{TMP_SUFFIX}", segment_name(start)));
-                create_segment(&tmp, &path, self.spare_bytes, &self.dir, fill)
+                create_zeroed(&tmp, &path, self.spare_bytes, &self.dir)
                     .map_err(JournalError::io("create segment", &path))?;
             }
         }
@@ -554,27 +518,13 @@ impl SegmentDir {
             },
             write,
         });
-        self.request_spares_if_low();
-        Ok(())
-    }
-
-    /// Zero-filling costs a second write of every byte, so it only starts
-    /// when spares run low, and not while the journal outruns it; released
-    /// segments refill the pool for free while consumers keep up.
-    fn request_spares_if_low(&mut self) {
-        if !self.outrun && self.spares.len() + self.prealloc.pending < self.spare_target.div_ceil(2)
-        {
+        // Zero-filling costs a second write of every byte, so it only starts
+        // when spares run low; released segments refill the pool for free
+        // while consumers keep up.
+        if self.spares.len() + self.prealloc.pending < self.spare_target.div_ceil(2) {
             self.request_spares();
         }
-    }
-
-    /// The journal wrote a batch short of its cap: it no longer outruns
-    /// the zero-filler, which may work again.
-    pub fn calm(&mut self) {
-        if self.outrun {
-            self.outrun = false;
-            self.request_spares_if_low();
-        }
+        Ok(())
     }
 
     /// Removes the first segment: recycled as a spare when fewer than the
@@ -706,32 +656,6 @@ mod tests {
         assert_eq!(parse_segment_name("4096.seg"), None);
         assert_eq!(parse_segment_name("spare-00000001.seg"), None);
         assert!(segment_name(Offset(999)) < segment_name(Offset(1000)));
-    }
-
-    #[test]
-    fn an_outrun_journal_rolls_into_allocated_segments_and_zero_fills_again_once_calm() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = 64 * 1024;
-        let mut set = SegmentDir::open(dir.path(), false, bytes, 0).unwrap();
-        set.create_first(Offset::ZERO).unwrap();
-        assert!(!set.outrun, "the first segment is zero-filled");
-        set.roll(Offset(bytes)).unwrap();
-        assert!(set.outrun, "no spare was ready");
-        let allocated = fs::read(&set.last().file.path).unwrap();
-        assert_eq!(allocated.len() as u64, bytes);
-        assert!(allocated.iter().all(|&b| b == 0), "reads as zeros");
-
-        // Spares wanted now, but none is asked for while outrun.
-        set.spare_target = 2;
-        set.roll(Offset(2 * bytes)).unwrap();
-        assert_eq!(set.prealloc.pending, 0);
-        set.calm();
-        assert!(!set.outrun);
-        assert_eq!(set.prealloc.pending, 2);
-        set.wait_for_spares();
-        set.roll(Offset(3 * bytes)).unwrap();
-        assert!(!set.outrun, "a zero-filled spare was ready");
-        assert_eq!(set.len(), 4);
     }
 
     #[test]

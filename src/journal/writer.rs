@@ -632,9 +632,6 @@ impl Journal {
         if self.in_flight.is_some() || self.filling.new_bytes() == 0 || self.free.is_none() {
             return Ok(None);
         }
-        if self.filling.new_bytes() < self.options.batch_bytes_max {
-            self.files.calm();
-        }
         let direct = self.durability == Durability::DirectDsync;
         let fixed = self.fixed_index(ring);
         let batch = &mut self.filling;
