@@ -29,7 +29,7 @@ pub use error::JournalError;
 pub use options::{Durability, FaultOp, JournalOptions, StorageFaults};
 pub use reader::{ReadPlan, Record, RecordReader};
 pub use record::RecordKind;
-pub use recovery::{Scan, TornTail};
+pub use recovery::{Scan, TornTail, Visit};
 pub use writer::{Journal, JournalEvent, LentBatch, RecoveryReport, SealedWrites, batch_capacity};
 
 use std::path::Path;
@@ -44,5 +44,8 @@ pub fn inspect(dir: &Path) -> Result<Option<Scan>, JournalError> {
         return Ok(None);
     }
     let raw_span = segments::raw_tail(dir)?;
-    recovery::scan(&files.iter().collect::<Vec<_>>(), raw_span).map(Some)
+    recovery::scan(&files.iter().collect::<Vec<_>>(), raw_span, &mut |_, _| {
+        Ok(())
+    })
+    .map(Some)
 }

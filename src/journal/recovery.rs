@@ -34,7 +34,7 @@
 
 use super::JournalError;
 use super::epochs::EpochLog;
-use super::record::{self, HEADER_BYTES, Invalid, MAGIC, RecordKind};
+use super::record::{self, HEADER_BYTES, Header, Invalid, MAGIC, RecordKind};
 use super::segments::SegmentFile;
 use crate::ids::Offset;
 
@@ -75,9 +75,20 @@ fn corrupt(file: &SegmentFile, offset: Offset, reason: String) -> JournalError {
     }
 }
 
-/// Scans `files` (contiguous, oldest first, at least one). `raw_span`: the
-/// newest writes may be a replica's, each at most this many bytes.
-pub fn scan(files: &[&SegmentFile], raw_span: Option<u64>) -> Result<Scan, JournalError> {
+/// Each record the scan accepts, in log order (padding excluded): its
+/// header and payload. A visitor's error ends the scan with that error.
+pub type Visit<'v> = dyn FnMut(&Header, &[u8]) -> Result<(), JournalError> + 'v;
+
+/// Scans `files` (contiguous, oldest first, at least one), showing every
+/// record that is part of the recovered log to `visit` as it goes (a torn
+/// tail is never shown; on corruption the scan fails after showing what
+/// lay before it). `raw_span`: the newest writes may be a replica's, each
+/// at most this many bytes.
+pub fn scan(
+    files: &[&SegmentFile],
+    raw_span: Option<u64>,
+    visit: &mut Visit<'_>,
+) -> Result<Scan, JournalError> {
     assert!(!files.is_empty(), "scan needs a segment");
     let start = files[0].start;
     let mut epochs = EpochLog::new(start > Offset::ZERO);
@@ -98,7 +109,13 @@ pub fn scan(files: &[&SegmentFile], raw_span: Option<u64>) -> Result<Scan, Journ
                     epochs
                         .accept(&header)
                         .map_err(|violation| corrupt(file, at, violation.to_string()))?;
-                    records += u64::from(header.kind != RecordKind::Padding);
+                    if header.kind != RecordKind::Padding {
+                        records += 1;
+                        visit(
+                            &header,
+                            &data[pos + HEADER_BYTES..pos + header.record_bytes()],
+                        )?;
+                    }
                     pos += header.record_bytes();
                 }
                 Err(invalid) => {

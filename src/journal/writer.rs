@@ -19,7 +19,7 @@ use super::JournalError;
 use super::epochs::{EpochLog, EpochViolation};
 use super::options::{Durability, FaultOp, JournalOptions};
 use super::record::{self, HEADER_BYTES, RecordKind};
-use super::recovery::{self, Scan, TornTail};
+use super::recovery::{self, Scan, TornTail, Visit};
 use super::segments::{self, SegmentDir};
 use crate::constants::BLOCK_BYTES;
 use crate::ids::{Epoch, Offset};
@@ -202,6 +202,19 @@ impl Journal {
     /// Opens (or creates) the journal in `dir` and recovers it: a torn tail
     /// is cut and erased, corruption before the tail refuses to open.
     pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
+        Journal::open_visiting(dir, options, &mut |_, _| Ok(()))
+    }
+
+    /// [`Journal::open`], showing `visit` every record of the recovered log
+    /// as recovery reads it: one pass over the disk builds whatever the
+    /// caller keeps of the log (a broker), instead of reading it again.
+    /// On an error nothing is changed on disk, and what `visit` built is
+    /// the caller's to drop.
+    pub fn open_visiting(
+        dir: &Path,
+        options: JournalOptions,
+        visit: &mut Visit<'_>,
+    ) -> Result<Journal, JournalError> {
         options.validate()?;
         let direct = options.durability == Durability::DirectDsync;
         let mut files =
@@ -215,7 +228,7 @@ impl Journal {
             files.create_first(Offset::ZERO)?;
         }
         let raw_span = segments::raw_tail(dir)?;
-        let scan: Scan = recovery::scan(&files.files(), raw_span)?;
+        let scan: Scan = recovery::scan(&files.files(), raw_span, visit)?;
         if let Some(torn) = &scan.torn {
             tracing::warn!(
                 dir = %dir.display(), at = torn.at.get(), reason = %torn.reason,

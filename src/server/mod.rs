@@ -115,7 +115,9 @@ fn recover_shard(
         path: path.clone(),
         source,
     };
-    let journal = Journal::open(&path, profile.journal.options()).map_err(journal_error)?;
+    let mut broker = Broker::new(ShardId(index as u16), settings);
+    let (journal, records) = shard::open_rebuilding(&path, profile.journal.options(), &mut broker)
+        .map_err(journal_error)?;
     if let Some(epoch) = epoch
         && journal.epoch() >= epoch
     {
@@ -125,8 +127,6 @@ fn recover_shard(
             found: journal.epoch().get(),
         });
     }
-    let mut broker = Broker::new(ShardId(index as u16), settings);
-    let records = shard::recover(&journal, &mut broker).map_err(journal_error)?;
     let report = journal.recovery_report();
     tracing::info!(
         shard = index,

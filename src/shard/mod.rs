@@ -31,7 +31,9 @@ use crate::broker::{
 use crate::constants::RECORD_HEADER_BYTES;
 use crate::ids::{Epoch, Offset, ShardId};
 use crate::io::{Completion, Owner, Ring, Token};
-use crate::journal::{Journal, JournalError, JournalEvent, RecordKind, RecordReader};
+use crate::journal::{
+    Journal, JournalError, JournalEvent, JournalOptions, RecordKind, RecordReader,
+};
 use crate::net::SocketOptions;
 use crate::protocol::{Destination, ErrorCode, Limits};
 use conn::Conn;
@@ -41,6 +43,7 @@ use replica::Replica;
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -220,7 +223,24 @@ fn replay_record(
     }
 }
 
-/// Rebuilds a broker from its journal (every record from the start).
+/// Opens a shard's journal and rebuilds `broker` from it in the same pass
+/// over the disk (recovery's scan shows each record as it checks it).
+/// Returns the journal and the broker records applied.
+pub fn open_rebuilding(
+    dir: &Path,
+    options: JournalOptions,
+    broker: &mut Broker,
+) -> Result<(Journal, u64), JournalError> {
+    let mut count = 0;
+    let journal = Journal::open_visiting(dir, options, &mut |header, payload| {
+        count += u64::from(replay_record(broker, header.offset, header.kind, payload)?);
+        Ok(())
+    })?;
+    broker.set_durable(journal.durable_offset());
+    Ok((journal, count))
+}
+
+/// Rebuilds a broker from an open journal (every record from the start).
 pub fn recover(journal: &Journal, broker: &mut Broker) -> Result<u64, JournalError> {
     let mut reader = RecordReader::new(journal.start_offset());
     let mut count = 0;
