@@ -605,7 +605,13 @@ impl SegmentDir {
                     let name = path.file_name().expect("segment file name");
                     fs::rename(&path, save.join(name)).map_err(JournalError::io("rename", &path))?
                 }
-                None => fs::remove_file(&path).map_err(JournalError::io("remove", &path))?,
+                // Already gone is what was asked: an append must not fail on it.
+                None => match fs::remove_file(&path) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                        return Err(JournalError::io("remove", &path)(error));
+                    }
+                    _ => {}
+                },
             }
         }
         self.collect_spares(false);
@@ -632,7 +638,13 @@ impl SegmentDir {
                     .map_err(JournalError::io("write", &tmp))?;
                 fs::rename(&tmp, &path).map_err(JournalError::io("rename", &tmp))?;
             }
-            None => fs::remove_file(&path).map_err(JournalError::io("remove", &path))?,
+            // Already gone is what was asked: an append must not fail on it.
+            None => match fs::remove_file(&path) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    return Err(JournalError::io("remove", &path)(error));
+                }
+                _ => {}
+            },
         }
         self.sync_dir()
     }
@@ -656,6 +668,24 @@ mod tests {
         assert_eq!(parse_segment_name("4096.seg"), None);
         assert_eq!(parse_segment_name("spare-00000001.seg"), None);
         assert!(segment_name(Offset(999)) < segment_name(Offset(1000)));
+    }
+
+    #[test]
+    fn the_raw_tail_mark_goes_up_and_down_and_down_again_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = SegmentDir::open(dir.path(), false, 64 * 1024, 0).unwrap();
+        assert_eq!(raw_tail(dir.path()).unwrap(), None);
+        set.set_raw_tail(Some(40960)).unwrap();
+        assert_eq!(raw_tail(dir.path()).unwrap(), Some(40960));
+        set.set_raw_tail(None).unwrap();
+        assert_eq!(raw_tail(dir.path()).unwrap(), None);
+        set.set_raw_tail(None).unwrap();
+        fs::write(dir.path().join(RAW_TAIL_NAME), "lots").unwrap();
+        let error = raw_tail(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("RAW_TAIL") && error.contains("\"lots\""),
+            "{error}"
+        );
     }
 
     #[test]
