@@ -23,12 +23,38 @@ use std::time::{Duration, Instant};
 const RECV_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a shutting-down server tries to hand a connection its last bytes.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many destinations a connection remembers (a producer that spreads
+/// its sends over a few queues hits every time).
+const RECENT_DESTINATIONS: usize = 8;
 
 /// A command for the broker that owns `destination`.
 #[derive(Debug)]
 pub struct Request {
     pub destination: Destination,
     pub command: Command,
+}
+
+/// The destinations a connection named last, the oldest replaced first.
+#[derive(Debug, Default)]
+struct RecentDestinations {
+    entries: Vec<Destination>,
+    /// The entry the next new destination replaces once all are taken.
+    oldest: usize,
+}
+
+impl RecentDestinations {
+    fn find(&self, text: &str) -> Option<&Destination> {
+        self.entries.iter().find(|known| known.as_str() == text)
+    }
+
+    fn remember(&mut self, destination: Destination) {
+        if self.entries.len() < RECENT_DESTINATIONS {
+            self.entries.push(destination);
+        } else {
+            self.entries[self.oldest] = destination;
+            self.oldest = (self.oldest + 1) % RECENT_DESTINATIONS;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +82,10 @@ pub struct Conn {
     deadline: Instant,
     /// The destination of each of this connection's subscriptions.
     subscriptions: HashMap<u32, Destination>,
-    /// The destination this connection last named: a producer names the
-    /// same one send after send, and reusing it spares validating and
-    /// allocating it each time.
-    last_destination: Option<Destination>,
+    /// The destinations this connection named last: a producer names the
+    /// same few send after send, and reusing them spares validating and
+    /// allocating each one every time.
+    recent_destinations: RecentDestinations,
     closing: Closing,
     shut: bool,
     /// The answer to a good HELLO, written by the connection itself so that
@@ -97,7 +123,7 @@ impl Conn {
             welcomed: false,
             deadline,
             subscriptions: HashMap::new(),
-            last_destination: None,
+            recent_destinations: RecentDestinations::default(),
             closing: Closing::Open,
             shut: false,
             welcome,
@@ -381,14 +407,12 @@ impl Conn {
     }
 
     fn parse(&mut self, request_id: u64, text: &str) -> Option<Destination> {
-        if let Some(last) = &self.last_destination
-            && last.as_str() == text
-        {
-            return Some(last.clone());
+        if let Some(known) = self.recent_destinations.find(text) {
+            return Some(known.clone());
         }
         match text.parse::<Destination>() {
             Ok(destination) => {
-                self.last_destination = Some(destination.clone());
+                self.recent_destinations.remember(destination.clone());
                 Some(destination)
             }
             Err(error) => {
@@ -623,5 +647,30 @@ impl Conn {
         let _ = self.stream.write_all(&self.wbuf);
         self.sending.clear();
         self.wbuf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_destinations_keep_the_last_few_and_replace_the_oldest() {
+        let mut recent = RecentDestinations::default();
+        let name = |n: usize| format!("/queue/q{n}");
+        for n in 0..RECENT_DESTINATIONS {
+            assert!(recent.find(&name(n)).is_none());
+            recent.remember(name(n).parse().unwrap());
+        }
+        for n in 0..RECENT_DESTINATIONS {
+            assert_eq!(recent.find(&name(n)).unwrap().as_str(), name(n));
+        }
+        // One more replaces the first remembered, and only it.
+        recent.remember(name(RECENT_DESTINATIONS).parse().unwrap());
+        assert!(recent.find(&name(0)).is_none());
+        for n in 1..=RECENT_DESTINATIONS {
+            assert_eq!(recent.find(&name(n)).unwrap().as_str(), name(n));
+        }
+        assert!(recent.find("/topic/q1").is_none(), "the kind is part of it");
     }
 }
