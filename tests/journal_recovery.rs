@@ -203,11 +203,11 @@ proptest! {
         for batch in &batches {
             prop_assume!(append_batch(&mut source, &mut ring, &mut epoch, batch, &mut expected));
         }
-        let mut chunks = chunks(&source, Offset::ZERO, &sizes);
-        let last = chunks.pop().unwrap();
+        let mut writes = chunks(&source, Offset::ZERO, &sizes);
+        let last = writes.pop().unwrap();
         let replica_dir = tempfile::tempdir().unwrap();
         let mut replica = open(replica_dir.path(), &options);
-        for (at, bytes) in &chunks {
+        for (at, bytes) in &writes {
             append_raw(&mut replica, &mut ring, *at, bytes);
         }
         replica.sync(&mut ring).unwrap();
@@ -226,7 +226,7 @@ proptest! {
 
         // Catching up from where it ends: nothing cut resurfaces.
         let from = replica.end_offset();
-        for (at, bytes) in self::chunks(&source, from, &sizes) {
+        for (at, bytes) in chunks(&source, from, &sizes) {
             append_raw(&mut replica, &mut ring, at, &bytes);
         }
         replica.sync(&mut ring).unwrap();

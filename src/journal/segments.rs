@@ -605,13 +605,7 @@ impl SegmentDir {
                     let name = path.file_name().expect("segment file name");
                     fs::rename(&path, save.join(name)).map_err(JournalError::io("rename", &path))?
                 }
-                // Already gone is what was asked: an append must not fail on it.
-                None => match fs::remove_file(&path) {
-                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                        return Err(JournalError::io("remove", &path)(error));
-                    }
-                    _ => {}
-                },
+                None => fs::remove_file(&path).map_err(JournalError::io("remove", &path))?,
             }
         }
         self.collect_spares(false);
