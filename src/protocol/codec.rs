@@ -432,6 +432,39 @@ fn write_deliver(w: &mut Writer<'_>, d: &DeliverRef<'_>) -> Result<(), ProtocolE
     w.bytes("body", d.body)
 }
 
+/// A SEND frame over borrowed parts: how a client encodes a send straight
+/// from what its outbox holds, without building an owned [`Send`] (the
+/// same bytes as `Frame::Send(..).encode`).
+#[derive(Debug, Clone, Copy)]
+pub struct SendRef<'a> {
+    pub producer_id: u64,
+    pub sequence: u64,
+    pub destination: &'a str,
+    pub persistent: bool,
+    pub ttl_ms: u64,
+    pub ack_mode: AckMode,
+    pub headers: &'a [Header],
+    pub body: &'a [u8],
+}
+
+impl SendRef<'_> {
+    /// Appends the frame to `out`, as [`Frame::encode`] does.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        encode_with(out, FrameType::Send, "SEND", |w| write_send(w, self))
+    }
+}
+
+fn write_send(w: &mut Writer<'_>, s: &SendRef<'_>) -> Result<(), ProtocolError> {
+    w.u64(s.producer_id);
+    w.u64(s.sequence);
+    w.str("destination", s.destination)?;
+    w.bool(s.persistent);
+    w.u64(s.ttl_ms);
+    w.out.push(s.ack_mode.as_u8());
+    w.headers(s.headers)?;
+    w.bytes("body", s.body)
+}
+
 /// Appends one frame: the length prefix (filled in last), the type byte and
 /// what `body` writes. On error `out` is left as it was.
 fn encode_with(
@@ -485,16 +518,19 @@ fn encode_body(frame: &Frame, w: &mut Writer<'_>) -> Result<(), ProtocolError> {
             w.u64(f.epoch);
             w.u32(f.frame_bytes_max);
         }
-        Frame::Send(f) => {
-            w.u64(f.producer_id);
-            w.u64(f.sequence);
-            w.str("destination", &f.destination)?;
-            w.bool(f.persistent);
-            w.u64(f.ttl_ms);
-            w.out.push(f.ack_mode.as_u8());
-            w.headers(&f.headers)?;
-            w.bytes("body", &f.body)?;
-        }
+        Frame::Send(f) => write_send(
+            w,
+            &SendRef {
+                producer_id: f.producer_id,
+                sequence: f.sequence,
+                destination: &f.destination,
+                persistent: f.persistent,
+                ttl_ms: f.ttl_ms,
+                ack_mode: f.ack_mode,
+                headers: &f.headers,
+                body: &f.body,
+            },
+        )?,
         Frame::SendAck(f) => {
             w.u64(f.producer_id);
             w.u64(f.sequence);
@@ -681,6 +717,45 @@ mod tests {
         let mut out = Vec::new();
         borrowed.encode(&mut out).unwrap();
         assert_eq!(out, encoded(&Frame::Deliver(owned)));
+    }
+
+    #[test]
+    fn borrowed_sends_back_to_back_decode_as_the_owned_frames() {
+        let owned: Vec<Send> = (1..=2)
+            .map(|sequence| Send {
+                producer_id: 5,
+                sequence,
+                destination: format!("/queue/q{sequence}"),
+                persistent: sequence == 1,
+                ttl_ms: 30_000 * sequence,
+                ack_mode: AckMode::Local,
+                headers: vec![("k".into(), format!("v{sequence}"))],
+                body: bytes::Bytes::from(vec![b'x'; sequence as usize * 100]),
+            })
+            .collect();
+        let mut out = Vec::new();
+        for send in &owned {
+            SendRef {
+                producer_id: send.producer_id,
+                sequence: send.sequence,
+                destination: &send.destination,
+                persistent: send.persistent,
+                ttl_ms: send.ttl_ms,
+                ack_mode: send.ack_mode,
+                headers: &send.headers,
+                body: &send.body,
+            }
+            .encode(&mut out)
+            .unwrap();
+        }
+        let limits = Limits::default();
+        let mut at = 0;
+        for send in owned {
+            let (frame, used) = decode(&out[at..], &limits).unwrap().expect("a whole frame");
+            assert_eq!(frame, Frame::Send(send));
+            at += used;
+        }
+        assert_eq!(at, out.len());
     }
 
     #[test]

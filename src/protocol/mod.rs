@@ -22,7 +22,7 @@ mod destination;
 mod error;
 mod frame;
 
-pub use codec::{DeliverRef, LEN_PREFIX_BYTES, Limits, decode, frame_bytes};
+pub use codec::{DeliverRef, LEN_PREFIX_BYTES, Limits, SendRef, decode, frame_bytes};
 pub use destination::{DESTINATION_NAME_BYTES_MAX, Destination, DestinationError, DestinationKind};
 pub use error::ProtocolError;
 pub use frame::{
