@@ -336,3 +336,49 @@ fn a_connection_moves_to_the_shard_of_its_first_destination() {
         assert_eq!(take(&sub, 1), vec![format!("for {i}")]);
     }
 }
+
+/// A batch larger than the window goes out in window-sized writes: each
+/// wait for room hands back the oldest acknowledgement, the sequences
+/// follow one another, and every message arrives once, in order, even
+/// when the batch mixes destinations.
+#[test]
+fn a_batch_larger_than_the_window_arrives_whole_and_in_order() {
+    let server = ServerProcess::start(2, "");
+    let c = client(&server);
+    let mut producer = c.producer(ProducerOptions {
+        window: 4,
+        ..ProducerOptions::default()
+    });
+    let bodies = numbered("b", 0..10);
+    let destinations = ["/queue/batch-a", "/queue/batch-b"];
+    let sent = producer
+        .send_batch(
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(i, body)| (destinations[i % 2], vec![], Bytes::from(body.clone()))),
+        )
+        .unwrap();
+    assert_eq!(sent.first, 1);
+    let mut sequences: Vec<u64> = sent.completed.iter().map(|a| a.sequence).collect();
+    assert_eq!(sequences, (1..=6).collect::<Vec<_>>(), "six waits for the oldest");
+    assert_eq!(producer.outstanding(), 4);
+    // The last four come back without a wait for each: taken as they land.
+    let deadline = std::time::Instant::now() + WAIT;
+    while producer.outstanding() > 0 {
+        assert!(std::time::Instant::now() < deadline, "acks never arrived");
+        for (sequence, answer) in producer.take_completed() {
+            assert_eq!(answer.unwrap().sequence, sequence);
+            sequences.push(sequence);
+        }
+        c.ping().unwrap();
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=10).collect::<Vec<_>>());
+    for (d, destination) in destinations.iter().enumerate() {
+        let sub = c.subscribe(destination, None, 16).unwrap();
+        let expected: Vec<String> = bodies.iter().skip(d).step_by(2).cloned().collect();
+        assert_eq!(take(&sub, expected.len()), expected);
+        nothing_more(&sub);
+    }
+}

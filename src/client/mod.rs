@@ -270,9 +270,15 @@ impl Client {
     fn write(&self, frame: &Frame) -> Result<(), ClientError> {
         let mut buf = Vec::new();
         frame.encode(&mut buf)?;
+        self.write_encoded(&buf)
+    }
+
+    /// Writes frames encoded back to back: a batch of sends in one system
+    /// call (and as few TCP segments as fit it).
+    pub(crate) fn write_encoded(&self, frames: &[u8]) -> Result<(), ClientError> {
         let mut writer = self.inner.writer.lock().expect("writer lock");
         writer
-            .write_all(&buf)
+            .write_all(frames)
             .map_err(|e| ClientError::Closed(e.to_string()))
     }
 
@@ -458,6 +464,7 @@ impl Client {
             next_sequence: 1,
             outstanding: VecDeque::new(),
             options,
+            encoded: Vec::new(),
         }
     }
 
@@ -550,6 +557,8 @@ pub struct Producer {
     next_sequence: u64,
     outstanding: VecDeque<u64>,
     options: ProducerOptions,
+    /// Sends encoded and not written yet (kept for its capacity).
+    encoded: Vec<u8>,
 }
 
 impl Producer {
@@ -566,25 +575,70 @@ impl Producer {
         headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Result<(u64, Option<SendAck>), ClientError> {
-        let completed = if self.outstanding.len() >= self.options.window.max(1) {
-            Some(self.wait_oldest()?)
-        } else {
-            None
+        let mut sent = self.send_batch([(destination, headers, body)])?;
+        Ok((sent.first, sent.completed.pop()))
+    }
+
+    /// Sends several messages (destination, headers, body) in order, as
+    /// few writes as the window allows: all of them in one system call when
+    /// they fit in it, else what fits before each wait for the oldest
+    /// acknowledgement. Returns the first sequence (the rest follow it) and
+    /// the acknowledgements taken to make room.
+    pub fn send_batch<'d>(
+        &mut self,
+        messages: impl IntoIterator<Item = (&'d str, Vec<(String, String)>, Bytes)>,
+    ) -> Result<Sent, ClientError> {
+        let mut sent = Sent {
+            first: self.next_sequence,
+            completed: Vec::new(),
         };
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        self.client.write(&Frame::Send(protocol::Send {
-            producer_id: self.id,
-            sequence,
-            destination: destination.to_owned(),
-            persistent: self.options.persistent,
-            ttl_ms: self.options.ttl_ms,
-            ack_mode: self.options.ack_mode,
-            headers,
-            body,
-        }))?;
-        self.outstanding.push_back(sequence);
-        Ok((sequence, completed))
+        let window = self.window();
+        // Sends at the back of `outstanding` that are encoded, not written.
+        let mut unwritten = 0;
+        for (destination, headers, body) in messages {
+            if self.outstanding.len() >= window {
+                self.write_encoded(&mut unwritten)?;
+                sent.completed.push(self.wait_oldest()?);
+            }
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            let encoded = protocol::SendRef {
+                producer_id: self.id,
+                sequence,
+                destination,
+                persistent: self.options.persistent,
+                ttl_ms: self.options.ttl_ms,
+                ack_mode: self.options.ack_mode,
+                headers: &headers,
+                body: &body,
+            }
+            .encode(&mut self.encoded);
+            if let Err(error) = encoded {
+                // What came before it still goes.
+                self.write_encoded(&mut unwritten)?;
+                return Err(error.into());
+            }
+            self.outstanding.push_back(sequence);
+            unwritten += 1;
+        }
+        self.write_encoded(&mut unwritten)?;
+        Ok(sent)
+    }
+
+    /// Writes the `unwritten` sends encoded last; on failure they are no
+    /// longer outstanding (they never left).
+    fn write_encoded(&mut self, unwritten: &mut usize) -> Result<(), ClientError> {
+        if *unwritten == 0 {
+            return Ok(());
+        }
+        let written = self.client.write_encoded(&self.encoded);
+        self.encoded.clear();
+        if written.is_err() {
+            let kept = self.outstanding.len() - *unwritten;
+            self.outstanding.truncate(kept);
+        }
+        *unwritten = 0;
+        written
     }
 
     /// Sends and waits for the acknowledgement.
@@ -620,6 +674,34 @@ impl Producer {
         result
     }
 
+    /// Takes the answers (acknowledgement or refusal) that have arrived, in
+    /// any order, without waiting: the room a pipelining caller then
+    /// refills with one `send_batch`. Each comes with its send's sequence.
+    pub fn take_completed(&mut self) -> Vec<(u64, Result<SendAck, ClientError>)> {
+        let id = self.id;
+        let mut state = self.client.pumped();
+        let mut answers = Vec::new();
+        self.outstanding.retain(|&sequence| {
+            let answer = state
+                .acks
+                .remove(&(id, sequence))
+                .or_else(|| state.send_errors.remove(&sequence).map(Err));
+            match answer {
+                Some(answer) => {
+                    answers.push((sequence, answer));
+                    false
+                }
+                None => true,
+            }
+        });
+        answers
+    }
+
+    /// Sends in flight before a send waits for the oldest answer.
+    pub fn window(&self) -> usize {
+        self.options.window.max(1)
+    }
+
     /// Sends awaiting acknowledgement.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
@@ -633,6 +715,15 @@ impl Producer {
         }
         Ok(acks)
     }
+}
+
+/// What [`Producer::send_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The sequence of the batch's first send; the others follow it.
+    pub first: u64,
+    /// Acknowledgements of earlier sends, taken to make room in the window.
+    pub completed: Vec<SendAck>,
 }
 
 /// Receives messages of one subscription.
@@ -728,14 +819,16 @@ impl Subscription {
 struct FrameReader {
     stream: TcpStream,
     buf: Vec<u8>,
-    len: usize,
+    /// What is read and not decoded yet: `buf[start..end]`.
+    start: usize,
+    end: usize,
     limits: Limits,
 }
 
 impl std::fmt::Debug for FrameReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameReader")
-            .field("buffered", &self.len)
+            .field("buffered", &(self.end - self.start))
             .finish_non_exhaustive()
     }
 }
@@ -745,7 +838,8 @@ impl FrameReader {
         FrameReader {
             stream,
             buf: vec![0; 64 * 1024],
-            len: 0,
+            start: 0,
+            end: 0,
             limits: Limits::default(),
         }
     }
@@ -757,29 +851,38 @@ impl FrameReader {
         use std::io::Read;
         use std::os::fd::AsFd;
         loop {
-            if let Some((frame, used)) = protocol::decode(&self.buf[..self.len], &self.limits)? {
-                self.buf.copy_within(used..self.len, 0);
-                self.len -= used;
+            let buffered = &self.buf[self.start..self.end];
+            if let Some((frame, used)) = protocol::decode(buffered, &self.limits)? {
+                // Frames are taken from the front; the rest moves only when
+                // the buffer needs the room (a read's worth of acks is
+                // decoded without copying what follows each one).
+                self.start += used;
                 return Ok(Some(frame));
             }
-            if let Some(need) = protocol::frame_bytes(&self.buf[..self.len])
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if let Some(need) = protocol::frame_bytes(&self.buf[..self.end])
                 && need > self.buf.len()
             {
                 self.buf.resize(need, 0);
             }
             let wait = deadline.saturating_duration_since(Instant::now());
-            if !crate::io::wait_readable(self.stream.as_fd(), wait)? {
-                if Instant::now() >= deadline {
-                    return Ok(None);
+            let n = if wait.is_zero() {
+                match crate::io::read_ready(self.stream.as_fd(), &mut self.buf[self.end..])? {
+                    Some(n) => n,
+                    None => return Ok(None),
                 }
+            } else if crate::io::wait_readable(self.stream.as_fd(), wait)? {
+                // Readable: this read does not block.
+                self.stream.read(&mut self.buf[self.end..])?
+            } else {
                 continue;
-            }
-            // Readable: this read does not block.
-            let n = self.stream.read(&mut self.buf[self.len..])?;
+            };
             if n == 0 {
                 return Err(ClientError::Closed("server closed the connection".into()));
             }
-            self.len += n;
+            self.end += n;
         }
     }
 }

@@ -270,6 +270,35 @@ pub fn wait_readable(
     }
 }
 
+/// Reads what a socket already holds into `buf`, without waiting:
+/// `Ok(None)` when it holds nothing (`Ok(Some(0))` is end of stream). One
+/// system call where a zero-timeout wait and a read would take two.
+pub fn read_ready(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which is
+        // borrowed mutably for the call; the descriptor is borrowed, so it
+        // stays open meanwhile.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(error),
+        }
+    }
+}
+
 /// Fills `buf` from the kernel's CSPRNG (`getrandom(2)`), waiting at boot
 /// until it is seeded. For secrets and handshake nonces only: these must be
 /// unpredictable, so they never come from the seeded RNG that simulations
