@@ -236,6 +236,56 @@ fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_red
     );
 }
 
+/// A batch is in the outbox before it is written, so a failover replays
+/// all of it, in order, to the server that is active now.
+#[test]
+fn a_batch_refused_by_a_deposed_server_is_replayed_whole_to_the_active() {
+    let (b, _) = fake_server(
+        "b",
+        vec![Script::Serve {
+            epoch: 5,
+            ack_epoch: 5,
+        }],
+    );
+    let (a, _) = fake_server(
+        "a",
+        vec![
+            Script::Serve {
+                epoch: 5,
+                ack_epoch: 4,
+            },
+            Script::Redirect(b),
+        ],
+    );
+    let connection = DurableConnection::connect(
+        &format!("twinmq://{a},{b}"),
+        DurableOptions {
+            seed: 2,
+            ..DurableOptions::default()
+        },
+    )
+    .unwrap();
+    let mut producer = connection.producer(ProducerOptions::default());
+    let bodies = ["m1", "m2", "m3", "m4", "m5"];
+    let first = producer
+        .send_batch(
+            bodies
+                .iter()
+                .map(|b| ("/queue/q", Vec::new(), Bytes::from_static(b.as_bytes()))),
+        )
+        .unwrap();
+    assert_eq!(first, 1);
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let mut acked = producer.take_acked();
+    acked.sort_by_key(|(sequence, _)| *sequence);
+    let sequences: Vec<u64> = acked.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sequences, vec![1, 2, 3, 4, 5]);
+    assert!(acked.iter().all(|(_, ack)| ack.epoch == 5), "{acked:?}");
+    assert_eq!(connection.server(), Some(b));
+    assert_eq!(connection.counters().replayed, 5, "the whole batch again");
+}
+
 #[test]
 fn gives_up_after_the_configured_time_when_no_server_serves() {
     // A port nobody listens on: bind, note it, close.

@@ -39,7 +39,7 @@ use super::outbox_file::OutboxFile;
 use super::{
     Client, ClientError, ClientOptions, Delivery, ProducerOptions, SendAck, Subscription, parse_url,
 };
-use crate::protocol::{self, ErrorCode, Frame};
+use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -52,6 +52,10 @@ use std::time::{Duration, Instant};
 /// Longest a producer waits for an answer before checking the connection
 /// and its deadline again.
 const ANSWER_POLL: Duration = Duration::from_millis(100);
+
+/// Encoded sends one write takes at most when the outbox is written out
+/// (replayed after a failover, say): bounds the buffer, not the batch.
+const WRITE_BYTES: usize = 256 * 1024;
 
 /// How a lost connection is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,11 +156,15 @@ impl Outbox {
         self.entries.contains_key(&sequence)
     }
 
-    /// The first send after `sequence`, in order.
+    /// The first send after `sequence`.
     pub fn next_after(&self, sequence: u64) -> Option<&OutboxEntry> {
+        self.after(sequence).next()
+    }
+
+    /// The sends after `sequence`, in order.
+    pub fn after(&self, sequence: u64) -> impl Iterator<Item = &OutboxEntry> {
         self.entries
             .range(sequence.saturating_add(1)..)
-            .next()
             .map(|(_, e)| e)
     }
 
@@ -316,6 +324,7 @@ impl DurableConnection {
             // Sends on the connection it starts on are not replays.
             generation: self.current_mut().generation,
             written_upto: 0,
+            encoded: Vec::new(),
             acked: Vec::new(),
             failed: Vec::new(),
         }
@@ -572,6 +581,8 @@ pub struct DurableProducer {
     /// sequence written on it.
     generation: u64,
     written_upto: u64,
+    /// Sends encoded and not written yet (kept for its capacity).
+    encoded: Vec<u8>,
     acked: Vec<(u64, SendAck)>,
     failed: Vec<(u64, ClientError)>,
 }
@@ -600,32 +611,47 @@ impl DurableProducer {
         headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Result<u64, ClientError> {
+        self.send_batch([(destination, headers, body)])
+    }
+
+    /// Sends several messages (destination, headers, body) in order, in as
+    /// few writes as the window allows: all in one system call when they
+    /// fit in it, else what fits before each wait for room. Returns the
+    /// first one's sequence (the rest follow it). Each is in the outbox
+    /// (and its file) before it is written, as with `send`.
+    pub fn send_batch<'d>(
+        &mut self,
+        messages: impl IntoIterator<Item = (&'d str, Vec<(String, String)>, Bytes)>,
+    ) -> Result<u64, ClientError> {
+        let first = self.next_sequence;
         let capacity = self.options.window.max(1);
-        if self.outbox.len() >= capacity {
-            let wait = self.connection.shared.options.outbox_full_timeout;
-            let deadline = Instant::now() + wait;
-            self.run(|p, client| p.wait_until(client, deadline, |p| p.outbox.len() < capacity))
-                .map_err(|e| match e {
-                    ClientError::Timeout(_) => ClientError::OutboxFull(wait),
-                    other => other,
-                })?;
+        for (destination, headers, body) in messages {
+            if self.outbox.len() >= capacity {
+                // Waiting writes what is in the outbox first.
+                let wait = self.connection.shared.options.outbox_full_timeout;
+                let deadline = Instant::now() + wait;
+                self.run(|p, client| p.wait_until(client, deadline, |p| p.outbox.len() < capacity))
+                    .map_err(|e| match e {
+                        ClientError::Timeout(_) => ClientError::OutboxFull(wait),
+                        other => other,
+                    })?;
+            }
+            let entry = OutboxEntry {
+                sequence: self.next_sequence,
+                destination: destination.to_owned(),
+                headers,
+                body,
+            };
+            // On disk before anything else: once `send` returns, a crash of
+            // this process loses nothing.
+            if let Some(file) = &mut self.file {
+                file.append_send(&entry)?;
+            }
+            self.next_sequence += 1;
+            self.outbox.push(entry);
         }
-        let sequence = self.next_sequence;
-        let entry = OutboxEntry {
-            sequence,
-            destination: destination.to_owned(),
-            headers,
-            body,
-        };
-        // On disk before anything else: once `send` returns, a crash of
-        // this process loses nothing.
-        if let Some(file) = &mut self.file {
-            file.append_send(&entry)?;
-        }
-        self.next_sequence += 1;
-        self.outbox.push(entry);
         self.run(|p, client| p.absorb(client))?;
-        Ok(sequence)
+        Ok(first)
     }
 
     /// Waits until every send is answered (acknowledged or refused), up to
@@ -688,20 +714,33 @@ impl DurableProducer {
                 self.connection.counters_mut().replayed += self.outbox.len() as u64;
             }
         }
-        while let Some(entry) = self.outbox.next_after(self.written_upto) {
-            let frame = Frame::Send(protocol::Send {
+        // Everything not written yet goes in as few writes as it takes: one
+        // for a batch of sends, a few for a whole outbox replayed.
+        let mut upto = self.written_upto;
+        self.encoded.clear();
+        for entry in self.outbox.after(self.written_upto) {
+            protocol::SendRef {
                 producer_id: self.id,
                 sequence: entry.sequence,
-                destination: entry.destination.clone(),
+                destination: &entry.destination,
                 persistent: self.options.persistent,
                 ttl_ms: self.options.ttl_ms,
                 ack_mode: self.options.ack_mode,
-                headers: entry.headers.clone(),
-                body: entry.body.clone(),
-            });
-            let sequence = entry.sequence;
-            client.write(&frame)?;
-            self.written_upto = sequence;
+                headers: &entry.headers,
+                body: &entry.body,
+            }
+            .encode(&mut self.encoded)?;
+            upto = entry.sequence;
+            if self.encoded.len() >= WRITE_BYTES {
+                client.write_encoded(&self.encoded)?;
+                self.encoded.clear();
+                self.written_upto = upto;
+            }
+        }
+        if !self.encoded.is_empty() {
+            client.write_encoded(&self.encoded)?;
+            self.encoded.clear();
+            self.written_upto = upto;
         }
         Ok(())
     }
