@@ -11,11 +11,12 @@
 
 use super::journal::{BenchError, flush_floor};
 use super::{Latency, ratio};
-use crate::client::{Client, ClientOptions, ProducerOptions};
+use crate::client::{Client, ClientOptions, Producer, ProducerOptions, SendAck};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,29 +174,22 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
                 let mut sent_at: HashMap<u64, Instant> = HashMap::new();
                 let mut latency = Latency::default();
                 let mut acked = 0;
-                let start = Instant::now();
-                while start.elapsed() < budget {
-                    let (sequence, ack) = producer
-                        .send(&queue, Vec::new(), body.clone())
-                        .map_err(client_error)?;
-                    sent_at.insert(sequence, Instant::now());
-                    if let Some(ack) = ack {
-                        latency.record(
-                            sent_at
-                                .remove(&ack.sequence)
-                                .map_or(Duration::ZERO, |t| t.elapsed()),
-                        );
+                let mut record = |acks: Vec<SendAck>, sent_at: &mut HashMap<u64, Instant>| {
+                    for ack in acks {
+                        if let Some(at) = sent_at.remove(&ack.sequence) {
+                            latency.record(ack.received_at.saturating_duration_since(at));
+                        }
                         acked += 1;
                     }
+                };
+                let start = Instant::now();
+                while start.elapsed() < budget {
+                    let at = Instant::now();
+                    let (acks, sent) = refill(&mut producer, &queue, &body, u64::MAX)?;
+                    sent_at.extend(sent.map(|sequence| (sequence, at)));
+                    record(acks, &mut sent_at);
                 }
-                for ack in producer.flush().map_err(client_error)? {
-                    latency.record(
-                        sent_at
-                            .remove(&ack.sequence)
-                            .map_or(Duration::ZERO, |t| t.elapsed()),
-                    );
-                    acked += 1;
-                }
+                record(producer.flush().map_err(client_error)?, &mut sent_at);
                 Ok((acked, latency))
             })
         })
@@ -263,6 +257,36 @@ pub(crate) fn window1(
     Ok(window1)
 }
 
+/// One turn of a pipelining producer: takes the answers that came back,
+/// then refills the window with copies of `body` in one write (a single
+/// send, after waiting for the oldest answer, when the window is full), at
+/// most `limit` of them. Returns the acknowledgements taken and the
+/// sequences sent.
+pub(crate) fn refill(
+    producer: &mut Producer,
+    queue: &str,
+    body: &Bytes,
+    limit: u64,
+) -> Result<(Vec<SendAck>, Range<u64>), BenchError> {
+    let mut acks = Vec::new();
+    for (_, answer) in producer.take_completed() {
+        acks.push(answer.map_err(client_error)?);
+    }
+    let room = producer
+        .window()
+        .saturating_sub(producer.outstanding())
+        .max(1);
+    let count = (room as u64).min(limit);
+    let sent = producer
+        .send_batch(std::iter::repeat_n(
+            (queue, Vec::new(), body.clone()),
+            count as usize,
+        ))
+        .map_err(client_error)?;
+    acks.extend(sent.completed);
+    Ok((acks, sent.first..sent.first + count))
+}
+
 /// Queues `config.backlog` messages on one queue, measures the server's
 /// resident memory, then drains them (RSS sampled half way).
 fn backlog(
@@ -284,10 +308,11 @@ fn backlog(
                     window,
                     ..ProducerOptions::default()
                 });
-                for _ in 0..per_producer {
-                    producer
-                        .send(QUEUE, Vec::new(), body.clone())
-                        .map_err(client_error)?;
+                let mut sent = 0;
+                while sent < per_producer {
+                    sent += refill(&mut producer, QUEUE, &body, per_producer - sent)?
+                        .1
+                        .count() as u64;
                 }
                 producer.flush().map_err(client_error)?;
                 Ok(())

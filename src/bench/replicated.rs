@@ -29,7 +29,7 @@
 //! because the shipped profiles say `ack_mode = "replicated"` — checked when
 //! they are rewritten.
 
-use super::broker::{client_error, start_server, window1};
+use super::broker::{client_error, refill, start_server, window1};
 use super::journal::{
     BenchError, FLOOR_FILE_BYTES, direct_dsync_floor, disk_copy_floor, flush_floor, io_error,
     make_zeroed, paired_flush_floor,
@@ -504,14 +504,13 @@ fn produce(load: &Load) -> Result<Produced, BenchError> {
                 let mut producer = client.producer(options);
                 let start = Instant::now();
                 let mut messages = 0;
-                while match until {
-                    Until::Elapsed(budget) => start.elapsed() < budget,
-                    Until::Messages(count) => messages < count,
-                } {
-                    producer
-                        .send(&queue, Vec::new(), body.clone())
-                        .map_err(client_error)?;
-                    messages += 1;
+                loop {
+                    let limit = match until {
+                        Until::Elapsed(budget) if start.elapsed() < budget => u64::MAX,
+                        Until::Messages(count) if messages < count => count - messages,
+                        _ => break,
+                    };
+                    messages += refill(&mut producer, &queue, &body, limit)?.1.count() as u64;
                 }
                 // Every send is counted once acknowledged: flush fails otherwise.
                 producer.flush().map_err(client_error)?;
