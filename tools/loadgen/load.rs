@@ -422,7 +422,10 @@ fn produce(p: usize, config: &Config, shared: &Shared) -> Produced {
         if done {
             break;
         }
-        let intended = match interval {
+        // A paced producer sends one at a time, on its schedule; an
+        // unpaced one refills its window in one write, as a pipelining
+        // client does when a batch of acknowledgements comes back.
+        let burst = match interval {
             Some(interval) => {
                 let at = start + interval.mul_f64(n as f64);
                 if let Err(error) = producer.pause_until(at) {
@@ -430,35 +433,46 @@ fn produce(p: usize, config: &Config, shared: &Shared) -> Produced {
                     out.errors += 1;
                     break;
                 }
-                at
+                vec![(at, n)]
             }
-            None => Instant::now(),
+            None => {
+                let room = config.window.saturating_sub(producer.outstanding()).max(1) as u64;
+                let room = match config.until {
+                    Until::Count(count) => room.min(count - n),
+                    Until::Duration(_) => room,
+                };
+                (n..n + room).map(|i| (Instant::now(), i)).collect()
+            }
         };
-        let len = match config.size {
-            Size::Fixed(len) => len,
-            Size::Uniform(min, max) => rng.random_range(min..=max),
-        };
-        let sequence = producer.next_sequence();
-        let body = encode(
-            p as u32,
-            sequence,
-            intended.duration_since(shared.epoch).as_nanos() as u64,
-            len,
-        );
-        let destination = &destinations[(n as usize + p) % destinations.len()];
-        match producer.send(destination, Vec::new(), body) {
-            Ok(sequence) => {
-                pending.insert(sequence, (intended, len));
-                out.attempted += 1;
-                shared.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => {
-                eprintln!("producer {p}: {error}");
-                out.errors += 1;
-                break;
-            }
+        let first = producer.next_sequence();
+        let mut sends = Vec::with_capacity(burst.len());
+        let mut messages = Vec::with_capacity(burst.len());
+        for (sequence, (intended, i)) in (first..).zip(burst) {
+            let len = match config.size {
+                Size::Fixed(len) => len,
+                Size::Uniform(min, max) => rng.random_range(min..=max),
+            };
+            let body = encode(
+                p as u32,
+                sequence,
+                intended.duration_since(shared.epoch).as_nanos() as u64,
+                len,
+            );
+            let destination = destinations[(i as usize + p) % destinations.len()].as_str();
+            sends.push((sequence, intended, len));
+            messages.push((destination, Vec::new(), body));
         }
-        n += 1;
+        if let Err(error) = producer.send_batch(messages) {
+            eprintln!("producer {p}: {error}");
+            out.errors += 1;
+            break;
+        }
+        for (sequence, intended, len) in &sends {
+            pending.insert(*sequence, (*intended, *len));
+        }
+        out.attempted += sends.len() as u64;
+        shared.sent.fetch_add(sends.len() as u64, Ordering::Relaxed);
+        n += sends.len() as u64;
         take_acks(
             &mut producer,
             &mut pending,
