@@ -361,7 +361,11 @@ fn a_batch_larger_than_the_window_arrives_whole_and_in_order() {
         .unwrap();
     assert_eq!(sent.first, 1);
     let mut sequences: Vec<u64> = sent.completed.iter().map(|a| a.sequence).collect();
-    assert_eq!(sequences, (1..=6).collect::<Vec<_>>(), "six waits for the oldest");
+    assert_eq!(
+        sequences,
+        (1..=6).collect::<Vec<_>>(),
+        "six waits for the oldest"
+    );
     assert_eq!(producer.outstanding(), 4);
     // The last four come back without a wait for each: taken as they land.
     let deadline = std::time::Instant::now() + WAIT;
