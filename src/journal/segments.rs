@@ -19,7 +19,7 @@
 
 use super::JournalError;
 use crate::ids::Offset;
-use crate::io::{drop_cache, open_rw, sync_dir, write_zeros};
+use crate::io::{drop_cache, fallocate, open_rw, sync_dir, write_zeros};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -169,23 +169,52 @@ pub fn open_for_reading(listing: &Listing) -> Result<Vec<SegmentFile>, JournalEr
     Ok(files)
 }
 
-/// Writes `bytes` zeros (a whole number of blocks) into a new file at
-/// `tmp`, flushes it, and renames it to `path` durably.
-fn create_zeroed(tmp: &Path, path: &Path, bytes: u64, dir: &Path) -> io::Result<()> {
+/// How a new segment file gets its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Zeros written and flushed: flushes into it commit no metadata.
+    Zeros,
+    /// `fallocate` alone (unwritten extents): ready in a moment, but every
+    /// flush into it also commits extent metadata until it is written.
+    Reserve,
+}
+
+/// Makes a new file of `bytes` (a whole number of blocks) at `tmp` as
+/// `fill` says, flushes it, and renames it to `path` durably.
+fn create_segment_file(
+    tmp: &Path,
+    path: &Path,
+    bytes: u64,
+    dir: &Path,
+    fill: Fill,
+) -> io::Result<()> {
     let result = (|| {
         let created = OpenOptions::new().write(true).create_new(true).open(tmp)?;
-        // With O_DIRECT the zeros skip the page cache: no copy into it (the
-        // buffered fill cost a core's worth of memcpy while a catch-up
-        // outran the spares), and no cached pages for the journal's own
-        // O_DIRECT writes to invalidate later.
-        let (file, direct) = match open_rw(tmp, true)? {
-            Some(direct) => (direct, true),
-            None => (created, false),
-        };
-        write_zeros(&file, 0, bytes)?;
-        file.sync_all()?;
-        if !direct {
-            drop_cache(&file)?;
+        match fill {
+            Fill::Zeros => {
+                // With O_DIRECT the zeros skip the page cache: no copy into
+                // it (the buffered fill cost a core's worth of memcpy while a
+                // catch-up outran the spares), and no cached pages for the
+                // journal's own O_DIRECT writes to invalidate later.
+                let (file, direct) = match open_rw(tmp, true)? {
+                    Some(direct) => (direct, true),
+                    None => (created, false),
+                };
+                write_zeros(&file, 0, bytes)?;
+                file.sync_all()?;
+                if !direct {
+                    drop_cache(&file)?;
+                }
+            }
+            Fill::Reserve => {
+                match fallocate(&created, bytes) {
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        created.set_len(bytes)?
+                    }
+                    other => other?,
+                }
+                created.sync_all()?;
+            }
         }
         fs::rename(tmp, path)?;
         sync_dir(dir)
@@ -234,7 +263,13 @@ impl Preallocator {
                 .name("twinmq-prealloc".into())
                 .spawn(move || {
                     for job in jobs {
-                        let result = create_zeroed(&job.tmp, &job.path, job.bytes, &job.dir);
+                        let result = create_segment_file(
+                            &job.tmp,
+                            &job.path,
+                            job.bytes,
+                            &job.dir,
+                            Fill::Zeros,
+                        );
                         if done.send((job.path, result)).is_err() {
                             return;
                         }
@@ -490,16 +525,25 @@ impl SegmentDir {
                 sync_dir(&self.dir).map_err(JournalError::io("sync", &self.dir))?;
             }
             None => {
-                if !self.segments.is_empty() {
+                // Zero-filling here would stop the shard for as long as the
+                // filler takes (hundreds of milliseconds under load), so a
+                // journal that outruns its spares rolls into a reserved
+                // file and pays slower flushes in it instead. Only the first
+                // segment, made before the journal serves, is zero-filled.
+                let fill = if self.segments.is_empty() {
+                    Fill::Zeros
+                } else {
                     tracing::warn!(
                         segment = %path.display(),
-                        "no spare segment ready; zero-filling on the journal thread"
+                        "no spare segment ready; rolling into a fallocate'd one (slower flushes \
+                         until it is written) rather than zero-filling on the journal thread"
                     );
-                }
+                    Fill::Reserve
+                };
                 let tmp = self
                     .dir
                     .join(format!("{}{TMP_SUFFIX}", segment_name(start)));
-                create_zeroed(&tmp, &path, self.spare_bytes, &self.dir)
+                create_segment_file(&tmp, &path, self.spare_bytes, &self.dir, fill)
                     .map_err(JournalError::io("create segment", &path))?;
             }
         }
