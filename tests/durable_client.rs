@@ -170,8 +170,10 @@ fn fake_server(name: &'static str, scripts: Vec<Script>) -> (SocketAddr, Arc<Mut
     (addr, connections)
 }
 
-#[test]
-fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_redirect() {
+/// B serves epoch 5. A takes the first connection in epoch 5 but
+/// acknowledges in epoch 4 (a deposed server's ack); afterwards it
+/// redirects to B. Returns A, how many connections A has had, and B.
+fn deposed_a_and_active_b() -> (SocketAddr, Arc<Mutex<usize>>, SocketAddr) {
     let (b, _) = fake_server(
         "b",
         vec![Script::Serve {
@@ -179,8 +181,6 @@ fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_red
             ack_epoch: 5,
         }],
     );
-    // A takes the first connection in epoch 5 but acknowledges in epoch 4
-    // (a deposed server's ack); afterwards it redirects to B.
     let (a, a_connections) = fake_server(
         "a",
         vec![
@@ -191,6 +191,12 @@ fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_red
             Script::Redirect(b),
         ],
     );
+    (a, a_connections, b)
+}
+
+#[test]
+fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_redirect() {
+    let (a, a_connections, b) = deposed_a_and_active_b();
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let connection = DurableConnection::connect(
@@ -240,23 +246,7 @@ fn stale_epoch_ack_is_refused_and_the_send_replayed_to_the_active_named_by_a_red
 /// all of it, in order, to the server that is active now.
 #[test]
 fn a_batch_refused_by_a_deposed_server_is_replayed_whole_to_the_active() {
-    let (b, _) = fake_server(
-        "b",
-        vec![Script::Serve {
-            epoch: 5,
-            ack_epoch: 5,
-        }],
-    );
-    let (a, _) = fake_server(
-        "a",
-        vec![
-            Script::Serve {
-                epoch: 5,
-                ack_epoch: 4,
-            },
-            Script::Redirect(b),
-        ],
-    );
+    let (a, _, b) = deposed_a_and_active_b();
     let connection = DurableConnection::connect(
         &format!("twinmq://{a},{b}"),
         DurableOptions {

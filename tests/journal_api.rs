@@ -12,8 +12,9 @@ use twinmq::journal::{
 
 const MODES: [Durability; 2] = [Durability::DirectDsync, Durability::WriteFdatasync];
 
-/// Also with no spares: every segment after the first is then zero-filled
-/// on the journal's own thread at its roll.
+/// Also with no spares: every segment after the first is then a
+/// `fallocate`d file made at its roll (not zero-filled on the journal's
+/// thread), which must read back and reopen the same.
 #[test]
 fn appended_records_become_durable_and_read_back_across_segments() {
     for (mode, spare_segments) in MODES.into_iter().flat_map(|mode| [(mode, 1), (mode, 0)]) {
@@ -43,6 +44,13 @@ fn appended_records_become_durable_and_read_back_across_segments() {
         assert!(journal.segment_count() > 3, "test must cross segments");
         assert_eq!(read_all(&journal), expected);
         drop(journal);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                let len = std::fs::metadata(&path).unwrap().len();
+                assert_eq!(len, options.segment_bytes, "{}", path.display());
+            }
+        }
 
         let journal = open(dir.path(), &options);
         assert_eq!(journal.end_offset(), durable);

@@ -184,8 +184,9 @@ pub fn run(config: &Config) -> Result<Report, BenchError> {
                 };
                 let start = Instant::now();
                 while start.elapsed() < budget {
-                    let at = Instant::now();
                     let (acks, sent) = refill(&mut producer, &queue, &body, u64::MAX)?;
+                    // Written at the end of refill, after any wait for room.
+                    let at = Instant::now();
                     sent_at.extend(sent.map(|sequence| (sequence, at)));
                     record(acks, &mut sent_at);
                 }

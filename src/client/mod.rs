@@ -853,9 +853,8 @@ impl FrameReader {
         loop {
             let buffered = &self.buf[self.start..self.end];
             if let Some((frame, used)) = protocol::decode(buffered, &self.limits)? {
-                // Frames are taken from the front; the rest moves only when
-                // the buffer needs the room (a read's worth of acks is
-                // decoded without copying what follows each one).
+                // Frames are taken from the front; the unread rest moves to
+                // the start once per read, below, not once per frame.
                 self.start += used;
                 return Ok(Some(frame));
             }

@@ -13,9 +13,10 @@
 //!   (`append_raw`): it holds the most bytes such a write spans, which is
 //!   what recovery needs to judge a torn tail there (see `recovery`).
 //!
-//! Files are zero-filled (written), not merely `fallocate`d: a first write into
-//! an unwritten extent makes every flush commit extent metadata too, which the
-//! journal benchmark measures.
+//! Spares are zero-filled (written), not merely `fallocate`d: a first write
+//! into an unwritten extent makes every flush commit extent metadata too,
+//! which the journal benchmark measures. Only a journal that outruns its
+//! spares rolls into a `fallocate`d file, rather than stop to zero-fill.
 
 use super::JournalError;
 use crate::ids::Offset;

@@ -441,7 +441,8 @@ fn produce(p: usize, config: &Config, shared: &Shared) -> Produced {
                     Until::Count(count) => room.min(count - n),
                     Until::Duration(_) => room,
                 };
-                (n..n + room).map(|i| (Instant::now(), i)).collect()
+                let now = Instant::now();
+                (n..n + room).map(|i| (now, i)).collect()
             }
         };
         let first = producer.next_sequence();
