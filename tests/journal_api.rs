@@ -43,14 +43,20 @@ fn appended_records_become_durable_and_read_back_across_segments() {
         assert_eq!(durable, journal.end_offset());
         assert!(journal.segment_count() > 3, "test must cross segments");
         assert_eq!(read_all(&journal), expected);
+        let segments = journal.segment_count();
         drop(journal);
+        // Every segment (spares aside) has its full size, and none is missed.
+        let mut sized = 0;
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "seg") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".seg") && !name.starts_with("spare-") {
                 let len = std::fs::metadata(&path).unwrap().len();
                 assert_eq!(len, options.segment_bytes, "{}", path.display());
+                sized += 1;
             }
         }
+        assert_eq!(sized, segments, "every segment file was checked");
 
         let journal = open(dir.path(), &options);
         assert_eq!(journal.end_offset(), durable);
